@@ -1,0 +1,104 @@
+"""What every data module shares: a dataset of named tensors and loaders whose batch order
+depends only on (seed, epoch), so a run resumed at an epoch boundary sees the same batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ssm_lab.data.spec import TaskSpec
+
+
+class TensorDictDataset(Dataset):
+    """Items are dicts {name: tensor[i]}; the default collate stacks them into a batch dict."""
+
+    def __init__(self, **tensors: Tensor) -> None:
+        sizes = {name: len(t) for name, t in tensors.items()}
+        if len(set(sizes.values())) != 1:
+            raise ValueError(f"tensors must share their first dimension, got sizes {sizes}")
+        self.tensors = tensors
+        self.size = next(iter(sizes.values()))
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {name: t[i] for name, t in self.tensors.items()}
+
+
+class EpochSampler(Sampler[int]):
+    """``num_samples`` indices per epoch from a permutation seeded by (seed, epoch), cycling
+    through the dataset when an epoch asks for more items than it holds."""
+
+    def __init__(self, dataset_size: int, num_samples: int, seed: int) -> None:
+        if dataset_size <= 0 or num_samples <= 0:
+            raise ValueError(f"need a non-empty dataset and epoch, got {dataset_size} items, {num_samples} samples")
+        self.dataset_size, self.num_samples, self.seed, self.epoch = dataset_size, num_samples, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        repeats = -(-self.num_samples // self.dataset_size)
+        order = torch.cat([torch.randperm(self.dataset_size, generator=generator) for _ in range(repeats)])
+        return iter(order[: self.num_samples].tolist())
+
+
+def train_loader(dataset: Dataset, batch_size: int, steps_per_epoch: int, seed: int) -> DataLoader:
+    """An epoch of exactly ``steps_per_epoch`` full batches, reproducible by (seed, epoch)."""
+    sampler = EpochSampler(len(dataset), batch_size * steps_per_epoch, seed)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True)
+
+
+def eval_loader(dataset: Dataset, batch_size: int) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
+def check_positive(**values: int) -> None:
+    """Raise naming the key when a size is not a positive integer."""
+    for key, value in values.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{key} must be a positive integer, got {value!r}")
+
+
+class SplitDataModule(L.LightningDataModule):
+    """Base of every data module: builds the train/val/test datasets once (``build_split``) and
+    serves them; training epochs are ``steps_per_epoch`` batches ordered by (shuffle_seed, epoch).
+    Subclasses define ``spec`` and ``build_split``."""
+
+    splits = ("train", "val", "test")
+
+    def __init__(self, batch_size: int, steps_per_epoch: int, shuffle_seed: int) -> None:
+        super().__init__()
+        check_positive(batch_size=batch_size, steps_per_epoch=steps_per_epoch)
+        self.batch_size, self.steps_per_epoch, self.shuffle_seed = batch_size, steps_per_epoch, shuffle_seed
+        self.datasets: dict[str, Dataset] = {}
+
+    @property
+    def spec(self) -> TaskSpec:
+        raise NotImplementedError
+
+    def build_split(self, split: str) -> Dataset:
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in self.splits:
+            if split not in self.datasets:
+                self.datasets[split] = self.build_split(split)
+
+    def train_dataloader(self) -> DataLoader:
+        return train_loader(self.datasets["train"], self.batch_size, self.steps_per_epoch, self.shuffle_seed)
+
+    def val_dataloader(self) -> DataLoader:
+        return eval_loader(self.datasets["val"], self.batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return eval_loader(self.datasets["test"], self.batch_size)

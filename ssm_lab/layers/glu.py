@@ -1,0 +1,16 @@
+"""GLU channel mixing (Dauphin et al. 2017): Linear(H, 2H) then a * sigmoid(b)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+
+class GLU(nn.Module):
+    """x: (..., d_model) -> (..., d_model)."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(d_model, 2 * d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return nn.functional.glu(self.linear(x), dim=-1)

@@ -1,0 +1,1 @@
+"""Models: the generic backbone (encoder -> residual blocks -> decoder) and the certified DeepSSM."""

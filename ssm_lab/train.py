@@ -1,0 +1,171 @@
+"""run(cfg): one training run from a composed config to a completed run record.
+
+Skips a completed run, resumes an unfinished one from its last checkpoint, and records a run
+that stops on a non-finite loss as failed, with the reason."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from ssm_lab.config import finalize
+from ssm_lab.results import (
+    CONFIG,
+    MetricsRecorder,
+    atomic_write,
+    final_and_best,
+    read_summary,
+    run_dir,
+    write_summary,
+)
+from ssm_lab.task import NonFiniteLossError, SequenceTask
+
+
+def package_version() -> str:
+    try:
+        return version("ssm_lab")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def git_commit() -> str | None:
+    """HEAD of the checkout holding the package, with "-dirty" when it has uncommitted changes."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+@contextmanager
+def run_lock(path: Path) -> Iterator[bool]:
+    """An exclusive lock on the run folder; yields False when another process holds it."""
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / ".lock", "w") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _check_budget(cfg: DictConfig) -> None:
+    max_steps = cfg.trainer.get("max_steps")
+    if not isinstance(max_steps, int) or max_steps <= 0:
+        raise ValueError(f"trainer.max_steps must be a positive integer, got {max_steps!r}")
+
+
+def _progress_bar(setting: bool | None) -> bool:
+    """null in the config means: on at a terminal, off in CI or when output is redirected."""
+    if setting is not None:
+        return bool(setting)
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def _device(trainer: L.Trainer) -> str:
+    device = trainer.strategy.root_device
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+
+
+def run(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
+    """Train, test and record one run; returns its summary. ``callbacks`` are added to the trainer's."""
+    cfg = finalize(cfg)
+    _check_budget(cfg)
+    path = run_dir(cfg)
+    summary = read_summary(path)
+    if summary and summary.get("status") == "completed":
+        print(f"[ssm_lab] run already complete, skipped: {path}")
+        return summary
+    with run_lock(path) as locked:
+        if not locked:
+            print(f"[ssm_lab] run is in progress in another process, skipped: {path}")
+            return read_summary(path) or {"status": "running", "run_dir": str(path)}
+        return _train(cfg, path, summary or {}, callbacks)
+
+
+def _train(cfg: DictConfig, path: Path, previous: dict[str, Any], callbacks: Sequence[L.Callback]) -> dict[str, Any]:
+    if not (path / CONFIG).exists():
+        atomic_write(path / CONFIG, OmegaConf.to_yaml(cfg))
+    checkpoint = path / "checkpoints" / "last.ckpt"
+    resume_from = checkpoint if checkpoint.exists() and previous.get("status") != "failed" else None
+    resume_step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"] if resume_from else 0
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data)
+    spec = datamodule.spec
+    model = instantiate(cfg.model)(spec=spec)
+    task = SequenceTask(
+        model,
+        spec,
+        optimizer=instantiate(cfg.optim.optimizer),
+        scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
+        recurrence_lr=cfg.optim.get("recurrence_lr"),
+    )
+    logger = instantiate(cfg.logger, save_dir=str(path)) if cfg.get("logger") else False
+    recorder = MetricsRecorder(path, resume_step)
+    checkpointing = ModelCheckpoint(dirpath=path / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1)
+    trainer_cfg = OmegaConf.to_container(cfg.trainer)
+    trainer_cfg["enable_progress_bar"] = _progress_bar(trainer_cfg.get("enable_progress_bar"))
+    trainer: L.Trainer = instantiate(
+        trainer_cfg, default_root_dir=str(path), logger=logger, callbacks=[checkpointing, recorder, *callbacks]
+    )
+    if logger:
+        logger.log_hyperparams(OmegaConf.to_container(cfg))
+
+    n_params = sum(p.numel() for p in model.parameters())
+    summary: dict[str, Any] = {
+        "run_id": path.name,
+        "experiment": str(cfg.name),
+        "status": "running",
+        "seed": cfg.seed,
+        "parameters": n_params,
+        "device": _device(trainer),
+        "package_version": package_version(),
+        "git_commit": git_commit(),
+        "resumed_from_step": resume_step,
+        "wall_time_s": previous.get("wall_time_s", 0.0) if resume_from else 0.0,
+    }
+    write_summary(path, summary)
+    start = time.perf_counter()
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+        if not trainer.interrupted:
+            trainer.test(task, datamodule=datamodule, verbose=False)
+    except NonFiniteLossError as error:
+        summary.update(status="failed", reason=str(error))
+    else:
+        summary["status"] = "interrupted" if trainer.interrupted else "completed"
+    summary["wall_time_s"] += time.perf_counter() - start
+    summary["final"], summary["best"] = final_and_best(recorder.rows)
+    summary["steps"] = trainer.global_step
+    write_summary(path, summary)
+    _report(path, summary)
+    return summary
+
+
+def _report(path: Path, summary: dict[str, Any]) -> None:
+    metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(summary["final"].items()) if not k.startswith("train/"))
+    print(f"[ssm_lab] {summary['status']}: {path}")
+    if summary.get("reason"):
+        print(f"[ssm_lab] reason: {summary['reason']}")
+    print(f"[ssm_lab] {metrics} ({summary['steps']} steps, {summary['wall_time_s']:.1f} s)")
