@@ -155,6 +155,10 @@ def _train(cfg: DictConfig, path: Path, previous: dict[str, Any], callbacks: Seq
         summary.update(status="failed", reason=str(error))
     else:
         summary["status"] = "interrupted" if trainer.interrupted else "completed"
+        if summary["status"] == "completed" and hasattr(model, "certified_gain_bound"):
+            from ssm_lab.models.certificate import audit  # only certified models need it
+
+            summary.update(audit(model))  # certified_gain and empirical_gain
     summary["wall_time_s"] += time.perf_counter() - start
     summary["final"], summary["best"] = final_and_best(recorder.rows)
     summary["steps"] = trainer.global_step
