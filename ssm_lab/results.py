@@ -24,7 +24,7 @@ import lightning as L
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from ssm_lab.task import METRIC_MODES
+from ssm_lab.metrics import METRIC_MODES
 
 #: Keys that say where or how a run is recorded, not what it computes: left out of the run_id.
 NON_IDENTITY_KEYS = ("results_dir", "data_dir", "logger", "choices", "tags")

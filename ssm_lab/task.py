@@ -12,14 +12,11 @@ from collections.abc import Callable
 
 import lightning as L
 import torch
-import torchmetrics
 from torch import Tensor, nn
 
 from ssm_lab.data.spec import TaskSpec
+from ssm_lab.metrics import build_metrics
 from ssm_lab.optim import build_optimizer
-
-#: Which way each logged metric improves, for the run record's "best" values.
-METRIC_MODES = {"loss": "min", "accuracy": "max", "rmse": "min"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -38,14 +35,7 @@ class SequenceTask(L.LightningModule):
         super().__init__()
         self.model, self.spec = model, spec
         self.optimizer_factory, self.scheduler_factory, self.recurrence_lr = optimizer, scheduler, recurrence_lr
-        self.metrics = nn.ModuleDict({f"{split}_metrics": self._make_metrics() for split in ("train", "val", "test")})
-
-    def _make_metrics(self) -> torchmetrics.MetricCollection:
-        if self.spec.is_classification:
-            metrics = {"accuracy": torchmetrics.classification.MulticlassAccuracy(self.spec.d_output, average="micro")}
-        else:
-            metrics = {"rmse": torchmetrics.MeanSquaredError(squared=False)}
-        return torchmetrics.MetricCollection(metrics)
+        self.metrics = nn.ModuleDict({f"{split}_metrics": build_metrics(spec) for split in ("train", "val", "test")})
 
     def _valid_positions(self, batch: dict[str, Tensor], length: int) -> Tensor | None:
         """(B, L) bool of the positions that count, or None when all do."""
