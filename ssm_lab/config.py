@@ -8,7 +8,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -24,6 +24,7 @@ def compose_config(overrides: Sequence[str] = (), config_name: str = "config") -
 def finalize(cfg: DictConfig) -> DictConfig:
     """Resolve every interpolation (``${hydra:...}`` included, so HydraConfig must be set) and
     drop the ``hydra`` node: what is left is what the run computes and records."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("hydra", None)
-    return OmegaConf.create(container)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    return OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))

@@ -3,7 +3,7 @@ depends only on (seed, epoch), so a run resumed at an epoch boundary sees the sa
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import lightning as L
 import torch
@@ -32,29 +32,32 @@ class TensorDictDataset(Dataset):
 
 class EpochSampler(Sampler[int]):
     """``num_samples`` indices per epoch from a permutation seeded by (seed, epoch), cycling
-    through the dataset when an epoch asks for more items than it holds."""
+    through the dataset when an epoch asks for more items than it holds.
 
-    def __init__(self, dataset_size: int, num_samples: int, seed: int) -> None:
+    The epoch comes from ``epoch_index()`` (the data module derives it from the trainer's global
+    step), not from Lightning's epoch counter, which is off by one after resuming from a
+    checkpoint saved at an epoch's end."""
+
+    def __init__(self, dataset_size: int, num_samples: int, seed: int, epoch_index: Callable[[], int]) -> None:
         if dataset_size <= 0 or num_samples <= 0:
             raise ValueError(f"need a non-empty dataset and epoch, got {dataset_size} items, {num_samples} samples")
-        self.dataset_size, self.num_samples, self.seed, self.epoch = dataset_size, num_samples, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.dataset_size, self.num_samples, self.seed, self.epoch_index = dataset_size, num_samples, seed, epoch_index
 
     def __len__(self) -> int:
         return self.num_samples
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch_index())
         repeats = -(-self.num_samples // self.dataset_size)
         order = torch.cat([torch.randperm(self.dataset_size, generator=generator) for _ in range(repeats)])
         return iter(order[: self.num_samples].tolist())
 
 
-def train_loader(dataset: Dataset, batch_size: int, steps_per_epoch: int, seed: int) -> DataLoader:
-    """An epoch of exactly ``steps_per_epoch`` full batches, reproducible by (seed, epoch)."""
-    sampler = EpochSampler(len(dataset), batch_size * steps_per_epoch, seed)
+def train_loader(
+    dataset: Dataset, batch_size: int, steps_per_epoch: int, seed: int, epoch_index: Callable[[], int]
+) -> DataLoader:
+    """An epoch of exactly ``steps_per_epoch`` full batches, reproducible by (seed, epoch_index())."""
+    sampler = EpochSampler(len(dataset), batch_size * steps_per_epoch, seed, epoch_index)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True)
 
 
@@ -95,7 +98,14 @@ class SplitDataModule(L.LightningDataModule):
                 self.datasets[split] = self.build_split(split)
 
     def train_dataloader(self) -> DataLoader:
-        return train_loader(self.datasets["train"], self.batch_size, self.steps_per_epoch, self.shuffle_seed)
+        return train_loader(
+            self.datasets["train"], self.batch_size, self.steps_per_epoch, self.shuffle_seed, self.epoch_index
+        )
+
+    def epoch_index(self) -> int:
+        """Index of the training epoch about to start: every epoch is steps_per_epoch optimizer steps."""
+        trainer = self.trainer
+        return trainer.global_step // self.steps_per_epoch if trainer is not None else 0
 
     def val_dataloader(self) -> DataLoader:
         return eval_loader(self.datasets["val"], self.batch_size)

@@ -1,0 +1,120 @@
+"""End-to-end runs through the real config: learning, run records, skip, resume, determinism."""
+
+import json
+from pathlib import Path
+
+import lightning as L
+import pandas as pd
+import pytest
+
+from ssm_lab.results import gather, run_dir
+
+
+def _record(summary: dict, config) -> Path:
+    return run_dir(config)
+
+
+def test_run_learns_easy_a5_and_writes_its_record(make_config, train):
+    overrides = ("scale.seq_len=3", "trainer.max_steps=150", "scale.eval_every=50")
+    summary = train(*overrides)
+    path = run_dir(make_config(*overrides))
+    assert summary["status"] == "completed"
+    assert {p.name for p in path.iterdir()} >= {"config.yaml", "metrics.csv", "summary.json", "checkpoints"}
+    metrics = pd.read_csv(path / "metrics.csv")
+    assert list(metrics.columns) == ["step", "split", "metric", "value"]
+    val_loss = metrics.query("split == 'val' and metric == 'loss'").sort_values("step")["value"].tolist()
+    assert val_loss[-1] < val_loss[0] - 0.1
+    # chance is 1/60; the first token of each word is a copy, so an easy word length is learnable
+    assert summary["final"]["val/accuracy"] > 0.2 and summary["final"]["test/accuracy"] > 0.2
+    stored = json.loads((path / "summary.json").read_text())
+    for key in ("seed", "parameters", "wall_time_s", "device", "package_version", "git_commit", "final", "best"):
+        assert key in stored, key
+    assert stored["best"]["val/accuracy"] >= stored["final"]["val/accuracy"]
+    assert stored["parameters"] > 0 and stored["device"] == "cpu"
+
+
+def test_run_id_is_readable_and_follows_the_config(make_config):
+    base, seeded, wider = make_config(), make_config("seed=3"), make_config("model.d_model=16")
+    assert run_dir(base).name.startswith("lru-A5-s0-")
+    assert run_dir(seeded).name.startswith("lru-A5-s3-")
+    assert len({run_dir(c).name for c in (base, seeded, wider)}) == 3
+    assert run_dir(make_config()) == run_dir(base)  # same config, same folder: never a timestamp
+    assert run_dir(make_config("logger=csv")) == run_dir(base)  # where it is logged is not what it computes
+
+
+def test_rerun_skips_a_completed_run_and_changes_nothing(make_config, train, capsys):
+    train()
+    path = run_dir(make_config())
+    before = {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    summary = train()
+    assert "already complete" in capsys.readouterr().out
+    assert summary["status"] == "completed"
+    assert {p: p.stat().st_mtime_ns for p in path.rglob("*") if p.is_file()} == before
+    assert len(list(path.parent.iterdir())) == 1
+
+
+def test_same_seed_same_metrics(make_config, tmp_path):
+    from ssm_lab.config import compose_config
+    from ssm_lab.train import run
+
+    tables = []
+    for folder in ("a", "b"):
+        cfg = compose_config(["scale=smoke", "logger=none", f"results_dir={tmp_path / folder}"])
+        run(cfg)
+        tables.append((run_dir(cfg) / "metrics.csv").read_text())
+    assert tables[0] == tables[1]
+
+
+class _CrashAfter(L.Callback):
+    """Kills training once it has passed ``step``, as a crash or a lost node would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            raise RuntimeError("simulated crash")
+
+
+def test_interrupted_run_resumes_from_its_checkpoint_to_the_same_metrics(make_config, tmp_path):
+    from ssm_lab.config import compose_config
+    from ssm_lab.train import run
+
+    overrides = ["scale=smoke", "logger=none", "trainer.max_steps=60"]
+    whole = compose_config([*overrides, f"results_dir={tmp_path / 'whole'}"])
+    run(whole)
+    parts = compose_config([*overrides, f"results_dir={tmp_path / 'parts'}"])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run(parts, callbacks=[_CrashAfter(step=30)])  # dies mid-epoch, after the step-20 checkpoint
+    first = json.loads((run_dir(parts) / "summary.json").read_text())
+    assert first["status"] == "interrupted" and "simulated crash" in first["reason"]
+    second = run(parts)
+    assert second["status"] == "completed" and second["resumed_from_step"] == 20
+    assert (run_dir(parts) / "metrics.csv").read_text() == (run_dir(whole) / "metrics.csv").read_text()
+
+
+def test_gather_returns_one_row_per_run(make_config, train, tmp_path):
+    train()
+    train("seed=1")
+    df = gather(tmp_path / "results")
+    assert len(df) == 2
+    assert sorted(df["seed"]) == [0, 1]
+    assert {"model.d_model", "choices.model", "final.val/accuracy", "best.val/loss", "status"} <= set(df.columns)
+    curves = gather(tmp_path / "results", metrics=True)
+    assert set(curves["split"]) == {"train", "val", "test"} and curves["run_dir"].nunique() == 2
+
+
+def test_gather_of_an_empty_folder_is_an_empty_table(tmp_path):
+    assert gather(tmp_path).empty
+
+
+@pytest.mark.parametrize("logger", ["csv", "tensorboard", "wandb"])
+def test_loggers_write_into_the_run_folder(make_config, train, logger, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    summary = train(f"logger={logger}")
+    assert summary["status"] == "completed"
+    path = run_dir(make_config())
+    expected = {"csv": "lightning_csv/metrics.csv", "tensorboard": "tensorboard/events.out.tfevents.*", "wandb": "wandb/offline-run-*"}
+    assert list(path.glob(expected[logger])), sorted(p.name for p in path.iterdir())
