@@ -116,5 +116,9 @@ def test_loggers_write_into_the_run_folder(make_config, train, logger, monkeypat
     summary = train(f"logger={logger}")
     assert summary["status"] == "completed"
     path = run_dir(make_config())
-    expected = {"csv": "lightning_csv/metrics.csv", "tensorboard": "tensorboard/events.out.tfevents.*", "wandb": "wandb/offline-run-*"}
+    expected = {
+        "csv": "lightning_csv/metrics.csv",
+        "tensorboard": "tensorboard/events.out.tfevents.*",
+        "wandb": "wandb/offline-run-*",
+    }
     assert list(path.glob(expected[logger])), sorted(p.name for p in path.iterdir())

@@ -1,0 +1,121 @@
+"""Every YAML of every config group composes and instantiates; every experiment preset runs at
+smoke scale; bad names and values fail with errors that name them and the allowed choices."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import InstantiationException, MissingConfigException
+from hydra.utils import instantiate
+
+from ssm_lab.config import CONFIG_DIR
+from ssm_lab.results import run_dir
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("data", _options("data"))
+def test_every_data_config_builds_its_datamodule(make_config, data):
+    datamodule = instantiate(make_config(f"data={data}").data)
+    assert datamodule.spec.d_output > 0
+
+
+@pytest.mark.parametrize("model", _options("model"))
+def test_every_model_config_builds_a_model_that_maps_a5(make_config, model):
+    cfg = make_config(f"model={model}")
+    spec = instantiate(cfg.data).spec
+    network = instantiate(cfg.model)(spec=spec)
+    outputs = network(torch.randint(0, spec.vocab_size, (2, 5)))
+    assert outputs.shape == (2, 5, spec.d_output)
+
+
+@pytest.mark.parametrize("optim", _options("optim"))
+def test_every_optim_config_builds_optimizer_and_scheduler(make_config, optim):
+    cfg = make_config(f"optim={optim}")
+    optimizer = instantiate(cfg.optim.optimizer)([torch.nn.Parameter(torch.zeros(3))])
+    scheduler = instantiate(cfg.optim.scheduler)(optimizer)
+    optimizer.step()
+    scheduler.step()
+
+
+@pytest.mark.parametrize("trainer", _options("trainer"))
+def test_every_trainer_config_composes(make_config, trainer):
+    cfg = make_config(f"trainer={trainer}")
+    assert cfg.trainer._target_ == "lightning.Trainer" and cfg.trainer.max_steps > 0
+    if trainer == "default":
+        assert instantiate(cfg.trainer, logger=False, enable_progress_bar=False).max_steps == cfg.trainer.max_steps
+
+
+@pytest.mark.parametrize("logger", _options("logger"))
+def test_every_logger_config_builds(make_config, logger, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = make_config(f"logger={logger}")
+    if cfg.logger is None:
+        assert logger == "none"
+    else:
+        assert instantiate(cfg.logger, save_dir=str(tmp_path)) is not None
+
+
+@pytest.mark.parametrize("scale", _options("scale"))
+def test_every_scale_sets_positive_budgets(make_config, scale):
+    cfg = make_config(f"scale={scale}")
+    for key in ("max_steps", "eval_every", "batch_size", "d_model", "n_layers", "num_train"):
+        assert cfg.scale[key] > 0, key
+    assert cfg.trainer.max_steps == cfg.scale.max_steps
+
+
+def test_scales_grow(make_config):
+    budgets = [make_config(f"scale={s}").scale for s in ("smoke", "small", "paper")]
+    for key in ("max_steps", "d_model", "num_train"):
+        assert budgets[0][key] < budgets[1][key] < budgets[2][key], key
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_every_experiment_preset_runs_at_smoke_scale(make_config, train, experiment):
+    summary = train(f"experiment={experiment}")
+    assert summary["status"] == "completed"
+    assert run_dir(make_config(f"experiment={experiment}")).parts[-2] == make_config(f"experiment={experiment}").name
+
+
+@pytest.mark.parametrize(("group", "bad"), [("model", "lstmm"), ("data", "A6"), ("optim", "sgdd")])
+def test_unknown_choice_lists_the_available_ones(make_config, group, bad):
+    with pytest.raises(MissingConfigException) as error:
+        make_config(f"{group}={bad}")
+    message = str(error.value)
+    assert bad in message and f"Available options in '{group}'" in message
+    for option in _options(group)[:3]:
+        assert option in message
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.d_model=0", "d_model must be a positive integer, got 0"),
+        ("model.n_layers=-1", "n_layers must be a positive integer, got -1"),
+        ("data.seq_len=0", "seq_len must be a positive integer, got 0"),
+        ("data.batch_size=0", "batch_size must be a positive integer, got 0"),
+        ("trainer.max_steps=0", "trainer.max_steps must be a positive integer, got 0"),
+        ("model=rnn model.encoder=linear", "encoder 'linear' takes continuous inputs, but dataset 'A5' gives tokens"),
+    ],
+)
+def test_bad_values_name_the_key_and_value(train, override, message):
+    # hydra wraps a constructor's ValueError in an InstantiationException that adds the config key
+    with pytest.raises((ValueError, InstantiationException), match=message):
+        train(*override.split())
+
+
+def test_non_finite_loss_fails_the_run_with_the_reason(make_config, train):
+    summary = train("optim.optimizer.lr=1e30", "optim.recurrence_lr=1e30", "trainer.gradient_clip_val=null")
+    assert summary["status"] == "failed"
+    assert "training loss is nan" in summary["reason"] or "training loss is inf" in summary["reason"]
+    on_disk = (
+        run_dir(make_config("optim.optimizer.lr=1e30", "optim.recurrence_lr=1e30", "trainer.gradient_clip_val=null"))
+        / "summary.json"
+    ).read_text()
+    assert '"status": "failed"' in on_disk
+
+
+def test_config_dir_is_the_repository_configs():
+    assert CONFIG_DIR == Path(__file__).resolve().parents[1] / "configs"
