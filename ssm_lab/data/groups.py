@@ -1,8 +1,12 @@
-"""Finite groups as permutation groups: elements, multiplication table, element orders.
+"""Finite groups as permutation groups: elements, multiplication table, element orders, names.
 
 Tables are computed from permutations (never typed in), so a test can check the group axioms.
 Convention: element i is a permutation p_i of {0..n-1} in one-line notation, and the product
 p_i . p_j is the composition (p_i . p_j)(k) = p_i(p_j(k)). Element 0 is the identity.
+
+The groups of Merrill, Petty & Sabharwal 2024 ("The Illusion of State in State-Space Models"):
+A5 (order 60, the smallest non-solvable group), S5 (order 120, non-solvable), and two solvable
+groups of order 60 as controls, A4 x Z5 and Z60.
 """
 
 from __future__ import annotations
@@ -25,6 +29,35 @@ def symmetric_group(n: int) -> list[tuple[int, ...]]:
 def alternating_group(n: int) -> list[tuple[int, ...]]:
     """The n!/2 even permutations, identity first."""
     return [p for p in symmetric_group(n) if parity(p) == 0]
+
+
+def cyclic_group(n: int) -> list[tuple[int, ...]]:
+    """Z_n as the rotations k -> k + s (mod n) of n points; element s is the s-th power of the
+    generator, so elements[i] . elements[j] = elements[(i + j) % n]."""
+    return [tuple((k + shift) % n for k in range(n)) for shift in range(n)]
+
+
+def direct_product(left: list[tuple[int, ...]], right: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """G x H acting on the disjoint union of their points (H's points shifted past G's); the
+    pair (g, h) is at index i * |H| + j, so the identity stays first."""
+    shift = len(left[0])
+    return [g + tuple(shift + k for k in h) for g in left for h in right]
+
+
+def cycle_notation(perm: tuple[int, ...]) -> str:
+    """The permutation's name in cycle notation, fixed points left out: "(0 1 2)(3 4)"; "e" for
+    the identity."""
+    seen, cycles = set(), []
+    for start in range(len(perm)):
+        if start in seen or perm[start] == start:
+            continue
+        cycle, k = [], start
+        while k not in seen:
+            seen.add(k)
+            cycle.append(k)
+            k = perm[k]
+        cycles.append("(" + " ".join(map(str, cycle)) + ")")
+    return "".join(cycles) or "e"
 
 
 def multiplication_table(elements: list[tuple[int, ...]]) -> np.ndarray:
@@ -60,4 +93,10 @@ def running_products(words: np.ndarray, table: np.ndarray) -> np.ndarray:
     return out
 
 
-GROUPS = {"A5": lambda: alternating_group(5)}
+GROUPS = {
+    "A5": lambda: alternating_group(5),
+    "S5": lambda: symmetric_group(5),
+    "A4xZ5": lambda: direct_product(alternating_group(4), cyclic_group(5)),
+    # Z3 x Z4 x Z5 is Z60 (Chinese remainder theorem) on 12 points instead of 60: short names
+    "Z60": lambda: direct_product(direct_product(cyclic_group(3), cyclic_group(4)), cyclic_group(5)),
+}

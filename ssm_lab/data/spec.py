@@ -16,7 +16,10 @@ class TaskSpec:
     """name: dataset name; input_kind: "tokens" (needs vocab_size) or "continuous" (needs d_input);
     output_kind: one of OUTPUT_KINDS; d_output: classes or regression dims;
     eval_warmup: leading steps left out of evaluation (system identification);
-    units: units of the regression targets, for reporting; vocab: token strings (index = id)."""
+    units: units of the regression targets, for reporting; vocab: token strings (index = id);
+    target_scale, target_offset: per output, when the data module normalised its targets as
+    (y - offset) / scale; metrics map predictions and targets back with y = scale * z + offset,
+    so errors are reported in ``units`` (both empty: the targets are in their units already)."""
 
     name: str
     input_kind: str
@@ -27,6 +30,8 @@ class TaskSpec:
     eval_warmup: int = 0
     units: str | None = None
     vocab: tuple[str, ...] = field(default=(), repr=False)
+    target_scale: tuple[float, ...] = ()
+    target_offset: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.input_kind not in INPUT_KINDS:
@@ -43,6 +48,15 @@ class TaskSpec:
             raise ValueError(f"vocab has {len(self.vocab)} tokens but vocab_size is {self.vocab_size}")
         if self.eval_warmup < 0:
             raise ValueError(f"eval_warmup must be >= 0, got {self.eval_warmup}")
+        if (self.target_scale or self.target_offset) and not (
+            len(self.target_scale) == len(self.target_offset) == self.d_output
+        ):
+            raise ValueError(
+                f"target_scale and target_offset need one value per output ({self.d_output}), "
+                f"got {len(self.target_scale)} and {len(self.target_offset)}"
+            )
+        if any(not scale > 0 for scale in self.target_scale):
+            raise ValueError(f"target_scale must be positive, got {self.target_scale}")
 
     @property
     def is_classification(self) -> bool:

@@ -1,0 +1,182 @@
+"""LRA ListOps: generator labels against an independent evaluator, tokenisation, files, caching."""
+
+import math
+import statistics
+
+import numpy as np
+import pytest
+import torch
+
+from ssm_lab.data.cache import cache_path
+from ssm_lab.data.listops import (
+    VOCAB,
+    ListOpsDataModule,
+    apply_operator,
+    generate_listops,
+    read_listops_tsv,
+    tokenize,
+)
+
+FOLD = {"[MIN": min, "[MAX": max, "[MED": lambda v: math.floor(statistics.median(v)), "[SM": lambda v: sum(v) % 10}
+
+
+def evaluate(tokens: list[str]) -> int:
+    """An independent evaluator: a stack machine over the token strings, using the statistics
+    module's median (the mean of the middle two for an even count, floored as LRA's int())."""
+    stack: list = []
+    for token in tokens:
+        if token == "]":
+            args = []
+            while not isinstance(stack[-1], str):
+                args.append(stack.pop())
+            stack.append(FOLD[stack.pop()](args))
+        else:
+            stack.append(token if token.startswith("[") else int(token))
+    (value,) = stack
+    return value
+
+
+def as_text(ids: list[int]) -> list[str]:
+    return [VOCAB[i] for i in ids]
+
+
+def test_every_generated_label_agrees_with_an_independent_evaluator():
+    expressions, labels = generate_listops(300, 10, 200, 6, 10, seed=1, workers=1)
+    assert all(evaluate(as_text(e)) == label for e, label in zip(expressions, labels, strict=True))
+    assert len({bytes(e) for e in expressions}) == 300  # distinct
+    assert all(10 <= len(e) <= 200 for e in expressions)
+    assert set(labels) == set(range(10))
+
+
+def test_generator_respects_depth_and_arity():
+    expressions, _ = generate_listops(200, 3, 300, 3, 4, seed=2, workers=1)
+    for e in expressions:
+        depth, deepest, open_args = 0, 0, []
+        for token in as_text(e):
+            if token.startswith("["):
+                if open_args:
+                    open_args[-1] += 1
+                depth += 1
+                deepest = max(deepest, depth)
+                open_args.append(0)
+            elif token == "]":
+                assert 2 <= open_args.pop() <= 4
+                depth -= 1
+            else:
+                open_args[-1] += 1
+        assert deepest <= 2  # operators sit at depths 1..max_depth-1; depth max_depth holds digits
+
+
+def test_generation_is_reproducible_and_independent_of_workers():
+    a = generate_listops(2_500, 5, 100, 5, 10, seed=3, workers=1)
+    b = generate_listops(2_500, 5, 100, 5, 10, seed=3, workers=2)
+    c = generate_listops(2_500, 5, 100, 5, 10, seed=4, workers=1)
+    assert a == b and a != c
+
+
+def test_median_and_sum_mod_10():
+    assert apply_operator("[MED", [1, 9, 3]) == 3 and apply_operator("[MED", [1, 2, 5, 9]) == 3
+    assert apply_operator("[SM", [7, 8, 9]) == 4 and apply_operator("[MIN", [4, 2]) == 2
+    with pytest.raises(ValueError, match="unknown operator '\\[FIRST'; choose one of \\[MIN, \\[MAX, \\[MED, \\[SM"):
+        apply_operator("[FIRST", [1])
+
+
+def test_tokenisation_drops_brackets_and_keeps_close():
+    ids = tokenize("( ( [MAX 2 ) 9 ] )", "here")
+    assert as_text(ids) == ["[MAX", "2", "9", "]"]
+    with pytest.raises(ValueError, match="here: unknown token '\\[FIRST'"):
+        tokenize("[FIRST 1 2 ]", "here")
+
+
+def _write_tsv(directory, rows):
+    directory.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "val", "test"):
+        text = "Source\tTarget\n" + "".join(f"{source}\t{target}\n" for source, target in rows)
+        (directory / f"basic_{split}.tsv").write_text(text)
+
+
+def test_reads_the_official_tsv_files(tmp_path):
+    rows = [("( ( ( [MAX 2 ) 9 ) ] )", 9), ("( ( ( [SM 5 ) ( ( [MIN 3 ) 7 ] ) ) ] )", 8), ("4", 4)]
+    _write_tsv(tmp_path / "listops", rows)
+    module = ListOpsDataModule(batch_size=2, steps_per_epoch=1, data_dir=tmp_path)  # source=auto finds them
+    module.setup()
+    assert module.source == "tsv" and len(module.datasets["val"]) == 3
+    batch = next(iter(module.val_dataloader()))
+    assert batch["lengths"].tolist() == [4, 7]
+    assert batch["inputs"].shape == (2, 7) and batch["inputs"][0, 4:].eq(0).all()
+    assert as_text(batch["inputs"][1].tolist()) == ["[SM", "5", "[MIN", "3", "7", "]", "]"]
+    assert batch["targets"].tolist() == [9, 8]
+    assert all(
+        evaluate(as_text(batch["inputs"][i, : batch["lengths"][i]].tolist())) == batch["targets"][i] for i in range(2)
+    )
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("( [MAX 2 9 ]\t12", "basic_train.tsv:3: target 12 is outside 0..9"),
+        ("( [MAX 2 9 ]", "basic_train.tsv:3: need 2 tab-separated fields"),
+        ("( [MAX 2 x ]\t1", "basic_train.tsv:3: unknown token 'x'"),
+        ("( [MAX 2 9 ]\tnine", "basic_train.tsv:3: target 'nine' is not an integer"),
+    ],
+)
+def test_malformed_files_name_file_and_line(tmp_path, line, message):
+    path = tmp_path / "basic_train.tsv"
+    path.write_text(f"Source\tTarget\n[MIN 1 2 ]\t1\n{line}\n")
+    with pytest.raises(ValueError, match=message):
+        read_listops_tsv(path)
+
+
+def test_missing_files_and_bad_options(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no LRA ListOps files .*basic_train.tsv.*data_dir/README.md"):
+        ListOpsDataModule(source="tsv", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="unknown source 'web'; choose one of auto, generate, tsv, huggingface"):
+        ListOpsDataModule(source="web", data_dir=tmp_path)
+    with pytest.raises(ValueError, match="min_length 50 is above max_length 20"):
+        ListOpsDataModule(min_length=50, max_length=20, data_dir=tmp_path)
+    with pytest.raises(ValueError, match="max_args must be an integer >= 2"):
+        ListOpsDataModule(max_args=1, data_dir=tmp_path)
+
+
+def test_generated_data_is_cached_under_its_parameters(tmp_path):
+    def make(seed):
+        kwargs = dict(num_train=40, num_val=10, num_test=10, min_length=8, max_length=40, max_depth=4)
+        return ListOpsDataModule(
+            **kwargs, seed=seed, batch_size=4, steps_per_epoch=1, source="generate", data_dir=tmp_path
+        )
+
+    module = make(0)
+    module.setup()
+    cached = cache_path(tmp_path / "listops", "generated", {**module.generation, "generator": "lra-listops-v1"})
+    assert cached.exists() and not list((tmp_path / "listops").glob(".*tmp"))
+    again = make(0)
+    again.setup()
+    for split in ("train", "val", "test"):
+        first, second = module.datasets[split], again.datasets[split]
+        assert all(torch.equal(first[i]["inputs"], second[i]["inputs"]) for i in range(len(first)))
+    other = make(1)
+    other.setup()
+    assert len(list((tmp_path / "listops").glob("generated-*.npz"))) == 2
+    item = other.datasets["train"][0]
+    assert evaluate(as_text(item["inputs"][: item["lengths"]].tolist())) == item["targets"].item()
+    assert np.all(np.diff(module.datasets["train"].offsets) >= 8)
+
+
+def test_listops_trains_end_to_end(train):
+    summary = train("data=listops", "trainer.max_steps=20")
+    assert summary["status"] == "completed"
+    assert all(math.isfinite(v) for v in summary["final"].values())
+    assert 0.0 <= summary["final"]["test/accuracy"] <= 1.0
+
+
+def test_reads_a_saved_hugging_face_copy(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = {"Source": ["( [MIN 4 ( [MAX 1 7 ] ) ]", "( [SM 9 9 ] )"], "Target": [4, 8]}
+    splits = {name: datasets.Dataset.from_dict(rows) for name in ("train", "validation", "test")}
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "listops" / "huggingface"))
+    module = ListOpsDataModule(batch_size=2, steps_per_epoch=1, data_dir=tmp_path)
+    module.setup()
+    assert module.source == "huggingface"
+    item = module.datasets["test"][0]
+    assert as_text(item["inputs"][: item["lengths"]].tolist()) == ["[MIN", "4", "[MAX", "1", "7", "]", "]"]
+    assert [module.datasets["train"][i]["targets"].item() for i in range(2)] == [4, 8]
