@@ -4,7 +4,8 @@ into one pandas DataFrame from which every figure is drawn.
 <results_dir>/runs/<experiment>/<run_id>/
     config.yaml    the resolved config
     metrics.csv    long format: step, split, metric, value
-    summary.json   status, final and best metrics, seed, parameters, wall time, device, version, commit
+    summary.json   status, final and best metrics, seed, parameters, wall time, device, processes (DDP)
+                   and batch size per process, version, commit
     checkpoints/   last.ckpt of an unfinished run
 """
 

@@ -2,7 +2,13 @@
 
 classification (per token or per sequence): cross-entropy, accuracy;
 regression (per step or per sequence): MSE loss, RMSE. Padded positions (``lengths``) and the
-``eval_warmup`` leading steps of per-step tasks are left out of loss and metrics.
+``eval_warmup`` leading steps of per-step tasks are left out of loss and metrics. Batches with
+``integration_timesteps`` (irregular sampling) pass them to the model.
+
+A model built with ``readout="least_squares"`` (random features, e.g. ``model=lcde_random_ols``)
+is not trained by gradient: each training batch adds its features and targets (one-hot for
+classes) to the normal equations, and the decoder is set to the ridge least-squares solution over
+every training batch seen so far.
 """
 
 from __future__ import annotations
@@ -23,6 +29,32 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or Inf; the run stops and is recorded as failed."""
 
 
+class LeastSquaresReadout(nn.Module):
+    """Normal equations of a linear readout with bias, accumulated in float64 (buffers, so a
+    checkpoint resumes the fit): gram = sum [f, 1]^T [f, 1], cross = sum [f, 1]^T y."""
+
+    def __init__(self, d_features: int, d_output: int, ridge: float) -> None:
+        super().__init__()
+        self.ridge = ridge
+        self.register_buffer("gram", torch.zeros(d_features + 1, d_features + 1, dtype=torch.float64))
+        self.register_buffer("cross", torch.zeros(d_features + 1, d_output, dtype=torch.float64))
+
+    def update(self, features: Tensor, targets: Tensor) -> None:
+        """features: (n, d_features), targets: (n, d_output)."""
+        design = torch.cat([features, torch.ones_like(features[:, :1])], dim=1).double()
+        self.gram += design.T @ design
+        self.cross += design.T @ targets.double()
+
+    def solve(self) -> tuple[Tensor, Tensor]:
+        """(weight: (d_output, d_features), bias: (d_output,)) minimising the squared error
+        + ridge * mean(diag(gram)) * ||weight||^2 (the bias is not penalised)."""
+        penalty = torch.eye(len(self.gram), dtype=self.gram.dtype, device=self.gram.device)
+        penalty[-1, -1] = 0
+        scale = self.ridge * self.gram.diagonal().mean().clamp_min(1e-12)
+        solution = torch.linalg.solve(self.gram + scale * penalty, self.cross)
+        return solution[:-1].T, solution[-1]
+
+
 class SequenceTask(L.LightningModule):
     def __init__(
         self,
@@ -36,6 +68,9 @@ class SequenceTask(L.LightningModule):
         self.model, self.spec = model, spec
         self.optimizer_factory, self.scheduler_factory, self.recurrence_lr = optimizer, scheduler, recurrence_lr
         self.metrics = nn.ModuleDict({f"{split}_metrics": build_metrics(spec) for split in ("train", "val", "test")})
+        self.least_squares = None
+        if getattr(model, "readout", "trained") == "least_squares":
+            self.least_squares = LeastSquaresReadout(model.decoder.in_features, spec.d_output, model.ridge)
 
     def _valid_positions(self, batch: dict[str, Tensor], length: int) -> Tensor | None:
         """(B, L) bool of the positions that count, or None when all do."""
@@ -49,15 +84,23 @@ class SequenceTask(L.LightningModule):
             mask = mask & (steps < lengths.unsqueeze(1))
         return mask.expand(batch["inputs"].shape[0], -1)
 
-    def _predictions(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Model outputs and targets, flattened to the positions that count."""
-        outputs, targets = self.model(batch["inputs"], lengths=batch.get("lengths")), batch["targets"]
+    @staticmethod
+    def _model_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        extra = {"integration_timesteps": batch["integration_timesteps"]} if "integration_timesteps" in batch else {}
+        return {"lengths": batch.get("lengths"), **extra}
+
+    def _counted(self, batch: dict[str, Tensor], outputs: Tensor) -> tuple[Tensor, Tensor]:
+        """Outputs (per-step or per-sequence) and targets, flattened to the positions that count."""
+        targets = batch["targets"]
         if self.spec.per_step:
             mask = self._valid_positions(batch, outputs.shape[1])
             if mask is not None:
                 return outputs[mask], targets[mask]
             return outputs.flatten(0, 1), targets.flatten(0, 1)
         return outputs, targets
+
+    def _predictions(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return self._counted(batch, self.model(batch["inputs"], **self._model_inputs(batch)))
 
     def _shared_step(self, batch: dict[str, Tensor], split: str) -> Tensor:
         outputs, targets = self._predictions(batch)
@@ -70,10 +113,26 @@ class SequenceTask(L.LightningModule):
         metrics.update(outputs.detach(), targets)
         on_step = split == "train"
         self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, batch_size=len(targets))
-        self.log_dict({f"{split}/{k}": v for k, v in metrics.items()}, on_step=False, on_epoch=True, prog_bar=split != "train")
+        logged = {f"{split}/{k}": v for k, v in metrics.items()}
+        self.log_dict(logged, on_step=False, on_epoch=True, prog_bar=split != "train")
         return loss
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def _fit_readout(self, batch: dict[str, Tensor]) -> None:
+        """Add the batch to the normal equations and set the decoder to their solution."""
+        with torch.no_grad():
+            features, targets = self._counted(batch, self.model.features(batch["inputs"], **self._model_inputs(batch)))
+            if self.spec.is_classification:
+                targets = nn.functional.one_hot(targets, self.spec.d_output)
+            self.least_squares.update(features, targets.reshape(len(features), -1))
+            weight, bias = self.least_squares.solve()
+            self.model.decoder.weight.copy_(weight)
+            self.model.decoder.bias.copy_(bias)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        if self.least_squares is not None:
+            self._fit_readout(batch)
+            self._shared_step(batch, "train")
+            return None  # nothing to back-propagate: the readout was solved, not stepped
         loss = self._shared_step(batch, "train")
         if not math.isfinite(loss.item()):
             raise NonFiniteLossError(f"training loss is {loss.item()} at step {self.global_step}")
@@ -86,6 +145,8 @@ class SequenceTask(L.LightningModule):
         self._shared_step(batch, "test")
 
     def configure_optimizers(self):
+        if self.least_squares is not None:
+            return None  # closed-form readout: no parameter is trained by gradient
         optimizer = build_optimizer(self.model, self.optimizer_factory, self.recurrence_lr)
         if self.scheduler_factory is None:
             return optimizer

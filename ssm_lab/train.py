@@ -1,12 +1,19 @@
 """run(cfg): one training run from a composed config to a completed run record.
 
 Skips a completed run, resumes an unfinished one from its last checkpoint, and records a run
-that stops on a non-finite loss as failed, with the reason."""
+that stops on a non-finite loss as failed, with the reason.
+
+Sweeps and clusters: a per-run file lock lets concurrent sweeps share a results_dir (each run is
+trained by one process, a completed one never again); under DDP only global rank 0 locks and
+writes the record. A run stopped by SIGTERM (Ctrl-C, scancel, preemption) or by submitit's USR2
+requeue is recorded as interrupted and exits non-zero; its next launch resumes from last.ckpt,
+which is only written at epoch ends, so the resumed run replays the uninterrupted one exactly."""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -20,7 +27,10 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
 
 from ssm_lab.config import finalize
 from ssm_lab.results import (
@@ -87,24 +97,66 @@ def _device(trainer: L.Trainer) -> str:
     return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
 
 
+def is_rank_zero() -> bool:
+    """Whether this process is global rank 0, as its launcher (Lightning's, srun, torchrun) says in
+    the environment: known before the trainer exists, so the other ranks of a DDP run skip the lock."""
+    return all(int(os.environ.get(key, "0")) == 0 for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def _cluster_plugins() -> list[SLURMEnvironment]:
+    """Under SLURM, Lightning's cluster environment without its auto-requeue: submitit requeues on
+    USR2, and Lightning's handler would save a mid-epoch checkpoint that a resume cannot replay."""
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
+def _completed(path: Path) -> dict[str, Any] | None:
+    summary = read_summary(path)
+    return summary if summary and summary.get("status") == "completed" else None
+
+
+def _job_log() -> str | None:
+    """The stderr log of the submitit job (a sweep on SLURM or submitit_local) running this process."""
+    if "SUBMITIT_FOLDER" not in os.environ:
+        return None
+    import submitit  # only submitit's jobs have one
+
+    return str(submitit.JobEnvironment().paths.stderr)
+
+
 def run(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
-    """Train, test and record one run; returns its summary. ``callbacks`` are added to the trainer's."""
+    """Train, test and record one run; returns its summary. ``callbacks`` are added to the trainer's.
+
+    In a submitit job an error names the job's log: Hydra shows it where the sweep was launched."""
+    try:
+        return _run(cfg, callbacks)
+    except Exception as error:
+        if (log := _job_log()) and hasattr(error, "add_note"):  # add_note: Python >= 3.11
+            error.add_note(f"[ssm_lab] job log: {log}")
+        raise
+
+
+def _run(cfg: DictConfig, callbacks: Sequence[L.Callback]) -> dict[str, Any]:
     cfg = finalize(cfg)
     _check_budget(cfg)
     path = run_dir(cfg)
-    summary = read_summary(path)
-    if summary and summary.get("status") == "completed":
+    if summary := _completed(path):
         print(f"[ssm_lab] run already complete, skipped: {path}")
         return summary
+    if not is_rank_zero():
+        return _train(cfg, path, read_summary(path) or {}, callbacks)
     with run_lock(path) as locked:
         if not locked:
             print(f"[ssm_lab] run is in progress in another process, skipped: {path}")
             return read_summary(path) or {"status": "running", "run_dir": str(path)}
-        return _train(cfg, path, summary or {}, callbacks)
+        if summary := _completed(path):  # finished by another sweep between our first look and the lock
+            print(f"[ssm_lab] run already complete, skipped: {path}")
+            return summary
+        return _train(cfg, path, read_summary(path) or {}, callbacks)
 
 
 def _train(cfg: DictConfig, path: Path, previous: dict[str, Any], callbacks: Sequence[L.Callback]) -> dict[str, Any]:
-    if not (path / CONFIG).exists():
+    writes_record = is_rank_zero()
+    if writes_record and not (path / CONFIG).exists():
         atomic_write(path / CONFIG, OmegaConf.to_yaml(cfg))
     checkpoint = path / "checkpoints" / "last.ckpt"
     resume_from = checkpoint if checkpoint.exists() and previous.get("status") != "failed" else None
@@ -123,9 +175,14 @@ def _train(cfg: DictConfig, path: Path, previous: dict[str, Any], callbacks: Seq
     )
     logger = instantiate(cfg.logger, save_dir=str(path)) if cfg.get("logger") else False
     recorder = MetricsRecorder(path, resume_step)
-    checkpointing = ModelCheckpoint(dirpath=path / "checkpoints", save_last=True, save_top_k=0, every_n_epochs=1)
+    checkpointing = ModelCheckpoint(
+        dirpath=path / "checkpoints", filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False,
+        save_on_train_epoch_end=True,
+    )
     trainer_cfg = OmegaConf.to_container(cfg.trainer)
     trainer_cfg["enable_progress_bar"] = _progress_bar(trainer_cfg.get("enable_progress_bar"))
+    if plugins := _cluster_plugins():
+        trainer_cfg["plugins"] = plugins
     trainer: L.Trainer = instantiate(
         trainer_cfg, default_root_dir=str(path), logger=logger, callbacks=[checkpointing, recorder, *callbacks]
     )
@@ -140,31 +197,44 @@ def _train(cfg: DictConfig, path: Path, previous: dict[str, Any], callbacks: Seq
         "seed": cfg.seed,
         "parameters": n_params,
         "device": _device(trainer),
+        "processes": trainer.world_size,
         "package_version": package_version(),
         "git_commit": git_commit(),
         "resumed_from_step": resume_step,
         "wall_time_s": previous.get("wall_time_s", 0.0) if resume_from else 0.0,
     }
-    write_summary(path, summary)
+    if writes_record:
+        write_summary(path, summary)
     start = time.perf_counter()
+
+    def record(status: str, **fields: Any) -> dict[str, Any]:
+        summary.update(status=status, **fields)
+        summary["wall_time_s"] += time.perf_counter() - start
+        summary["final"], summary["best"] = final_and_best(recorder.rows)
+        summary["steps"] = trainer.global_step
+        if writes_record:
+            write_summary(path, summary)
+            _report(path, summary)
+        return summary
+
     try:
         trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
-        if not trainer.interrupted:
-            trainer.test(task, datamodule=datamodule, verbose=False)
+        if isinstance(loader := trainer.train_dataloader, DataLoader):  # gone once trainer.test has run
+            summary["batch_size_per_process"] = loader.batch_size
+        trainer.test(task, datamodule=datamodule, verbose=False)
     except NonFiniteLossError as error:
-        summary.update(status="failed", reason=str(error))
-    else:
-        summary["status"] = "interrupted" if trainer.interrupted else "completed"
-        if summary["status"] == "completed" and hasattr(model, "certified_gain_bound"):
-            from ssm_lab.models.certificate import audit  # only certified models need it
+        return record("failed", reason=str(error))
+    except SIGTERMException as error:  # Lightning stopped at a batch end; report the signal to the launcher
+        record("interrupted", reason=f"SIGTERM at step {trainer.global_step}")
+        raise SystemExit(128 + signal.SIGTERM) from error
+    except BaseException as error:  # Ctrl-C, submitit's requeue, a crash: the next launch resumes from last.ckpt
+        record("interrupted", reason=f"{type(error).__name__}: {error}")
+        raise
+    if hasattr(model, "certified_gain_bound"):
+        from ssm_lab.models.certificate import audit  # only certified models need it
 
-            summary.update(audit(model))  # certified_gain and empirical_gain
-    summary["wall_time_s"] += time.perf_counter() - start
-    summary["final"], summary["best"] = final_and_best(recorder.rows)
-    summary["steps"] = trainer.global_step
-    write_summary(path, summary)
-    _report(path, summary)
-    return summary
+        summary.update(audit(model))  # certified_gain and empirical_gain
+    return record("completed")
 
 
 def _report(path: Path, summary: dict[str, Any]) -> None:

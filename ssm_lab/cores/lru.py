@@ -1,5 +1,6 @@
 """LRU: the Linear Recurrent Unit of Orvieto et al. 2023, "Resurrecting Recurrent Neural
-Networks for Long Sequences" (ICML), a stable diagonal complex LTI recurrence.
+Networks for Long Sequences" (ICML), a stable diagonal complex LTI recurrence, and the machinery
+it shares with every LTI core whose state is a complex diagonal recurrence (``DiagonalLTICore``).
 
     h_t = diag(lambda) h_{t-1} + gamma * (B x_t),   y_t = Re(C h_t) + D * x_t
     lambda = exp(-exp(nu_log) + i exp(theta_log)),   gamma = sqrt(1 - |lambda|^2)
@@ -17,14 +18,137 @@ import torch
 from torch import Tensor, nn
 
 from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
+from ssm_lab.ops.fft_conv import causal_conv
 from ssm_lab.ops.scan import linear_recurrence
+from ssm_lab.ops.selective_scan import chunked_linear_recurrence
+from ssm_lab.ops.spectral import spectral_norm_bound
 from ssm_lab.optim import mark_recurrence
 
 
-class LRU(nn.Module):
-    """x: (B, L, d_model) -> y: (B, L, d_model), state: (B, d_state) complex."""
+def diagonal_recurrence_conv(eigenvalues: Tensor, drive: Tensor, h0: Tensor | None = None) -> Tensor:
+    """Every state of h_t = lambda * h_{t-1} + drive_t by FFT convolution (the "conv" mode):
+    h_t = sum_{s<=t} lambda^s drive_{t-s} + lambda^(t+1) h0.
 
-    modes = ("scan", "loop")
+    eigenvalues: (N,) complex, drive: (B, L, N) complex, h0: (B, N) or None -> (B, L, N).
+    The complex product k * d = (k_re d_re - k_im d_im) + i (k_re d_im + k_im d_re) is four real
+    convolutions, done in one ``causal_conv`` call over 4N channels.
+    """
+    n, length = drive.shape[-1], drive.shape[1]
+    steps = torch.arange(length, device=drive.device, dtype=drive.real.dtype).unsqueeze(1)
+    powers = torch.exp(steps * torch.log(eigenvalues))  # (L, N): lambda^s
+    signal = torch.cat([drive.real, drive.imag, drive.real, drive.imag], dim=-1)
+    kernel = torch.cat([powers.real, powers.real, powers.imag, powers.imag], dim=-1)
+    products = causal_conv(signal, kernel)
+    states = torch.complex(
+        products[..., :n] - products[..., 3 * n :], products[..., n : 2 * n] + products[..., 2 * n : 3 * n]
+    )
+    if h0 is not None:
+        states = states + (powers * eigenvalues).unsqueeze(0) * h0.unsqueeze(1)
+    return states
+
+
+class DiagonalLTICore(nn.Module):
+    """An LTI core x: (B, L, H) -> y: (B, L, H) with a complex diagonal state h: (B, N):
+
+        h_t = diag(lambda) h_{t-1} + B x_t,   y_t = Re(C r_t) + D x_t,
+
+    r_t = h_t, or r_t = h_{t-1} when ``readout_from_previous_state`` (the dissipativity form
+    x_{t+1} = A x_t + B u_t, y_t = C x_t + D u_t). Subclasses give ``system()`` ->
+    (lambda: (N,) complex, B: (N, H) complex, C: (H, N) complex, D: (H,) diagonal or (H, H) real)
+    and ``gain_bound()``; this class runs the modes (loop reference, scan, FFT conv, and chunked:
+    ``ssm_lab.ops.selective_scan.chunked_linear_recurrence``, the fastest on CPU), streaming steps,
+    and the transfer function used to check gain bounds.
+    """
+
+    modes = ("scan", "loop", "conv", "chunked")
+    readout_from_previous_state = False
+
+    def system(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+    def gain_bound(self) -> Tensor:
+        raise NotImplementedError
+
+    def system_and_gain_bound(self) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], Tensor]:
+        """Both at once; a subclass whose bound comes with its system (l2n) computes them together."""
+        return self.system(), self.gain_bound()
+
+    def _state_dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype.to_complex()
+
+    def default_state(self, batch: int, device: torch.device | None = None) -> Tensor:
+        device = device or next(self.parameters()).device
+        return torch.zeros(batch, self.state_size, dtype=self._state_dtype(), device=device)
+
+    @staticmethod
+    def _direct(D: Tensor, x: Tensor) -> Tensor:
+        return D * x if D.dim() == 1 else x @ D.transpose(0, 1)
+
+    def forward(
+        self, x: Tensor, state: Tensor | None = None, mode: str = "scan", lengths: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """x: (B, L, H), state: (B, N) complex or None -> (y: (B, L, H), final state: (B, N))."""
+        return self._run(x, state, mode, lengths, self.system())
+
+    def forward_and_gain_bound(
+        self, x: Tensor, state: Tensor | None = None, mode: str = "scan", lengths: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(y, final state, gain_bound()) from one computation of the parametrization."""
+        system, bound = self.system_and_gain_bound()
+        return (*self._run(x, state, mode, lengths, system), bound)
+
+    def _run(
+        self, x: Tensor, state: Tensor | None, mode: str, lengths: Tensor | None, system: tuple[Tensor, ...]
+    ) -> tuple[Tensor, Tensor]:
+        check_input(x, self.d_model)
+        check_mode(mode, self.modes, type(self).__name__)
+        if state is not None and state.shape != (x.shape[0], self.state_size):
+            expected, name = (x.shape[0], self.state_size), type(self).__name__
+            raise ValueError(f"{name} initial state must be (B, N) = {expected}, got {tuple(state.shape)}")
+        eigenvalues, B, C, D = system
+        drive = x.to(B.dtype) @ B.transpose(0, 1)
+        if mode == "conv":
+            states = diagonal_recurrence_conv(eigenvalues, drive, state)
+        elif mode == "chunked":
+            states = chunked_linear_recurrence(eigenvalues.expand_as(drive), drive, state)
+        else:
+            states = linear_recurrence(eigenvalues, drive, state, mode=mode)
+        readout = states
+        if self.readout_from_previous_state:
+            first = self.default_state(x.shape[0], x.device) if state is None else state
+            readout = torch.cat([first.unsqueeze(1), states[:, :-1]], dim=1)
+        y = (readout @ C.transpose(0, 1)).real + self._direct(D, x)
+        return y, state_at_lengths(states, lengths)
+
+    def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """One step: x_t: (B, H), state: (B, N) -> (y_t: (B, H), next state)."""
+        y, state = self.forward(x_t.unsqueeze(1), state, mode="loop")
+        return y[:, 0], state
+
+    def frequency_response(self, omega: Tensor) -> Tensor:
+        """Transfer matrix G(e^{i omega}) of the real map x -> y: omega (F,) -> (F, H, H) complex.
+
+        The impulse response is K_s = Re(C diag(lambda^s) B) (delayed by one step for the
+        previous-state readout) plus D at s = 0, so
+        G = 1/2 [C diag(1 / (1 - lambda z^-1)) B + conj(C) diag(1 / (1 - conj(lambda) z^-1)) conj(B)] + D,
+        z = e^{i omega}. Its largest singular value over omega is the H-infinity norm (the exact gain).
+        """
+        eigenvalues, B, C, D = self.system()
+        z_inv = torch.exp(-1j * omega.to(B.real.dtype)).unsqueeze(1)  # (F, 1)
+        direct = torch.diag(D) if D.dim() == 1 else D
+        resolvent = 1 / (1 - eigenvalues * z_inv)
+        resolvent_conj = 1 / (1 - eigenvalues.conj() * z_inv)
+        response = 0.5 * (
+            torch.einsum("hn,fn,nk->fhk", C, resolvent, B)
+            + torch.einsum("hn,fn,nk->fhk", C.conj(), resolvent_conj, B.conj())
+        )
+        if self.readout_from_previous_state:
+            response = response * z_inv.unsqueeze(-1)
+        return response + direct.to(response.dtype)
+
+
+class LRU(DiagonalLTICore):
+    """x: (B, L, d_model) -> y: (B, L, d_model), state: (B, d_state) complex."""
 
     def __init__(
         self,
@@ -43,6 +167,7 @@ class LRU(nn.Module):
         if max_phase <= 0:
             raise ValueError(f"max_phase must be positive, got {max_phase}")
         self.d_model, self.d_state = d_model, d_state
+        self.state_size = d_state
         u1, u2 = torch.rand(d_state), torch.rand(d_state)
         radius_sq = u1 * (r_max**2 - r_min**2) + r_min**2
         self.nu_log = nn.Parameter(torch.log(-0.5 * torch.log(radius_sq.clamp_min(1e-12))))
@@ -60,29 +185,23 @@ class LRU(nn.Module):
         """lambda: (d_state,) complex, |lambda| < 1."""
         return torch.exp(torch.complex(-torch.exp(self.nu_log), torch.exp(self.theta_log)))
 
-    def _input_map(self, x: Tensor) -> Tensor:
-        """gamma * (B x): (..., d_model) -> (..., d_state) complex."""
+    def system(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         B = torch.complex(self.B_re, self.B_im) * torch.exp(self.gamma_log).unsqueeze(-1)
-        return x.to(B.dtype) @ B.transpose(0, 1)
+        return self.eigenvalues(), B, torch.complex(self.C_re, self.C_im), self.D
 
-    def _output_map(self, h: Tensor, x: Tensor) -> Tensor:
-        C = torch.complex(self.C_re, self.C_im)
-        return (h @ C.transpose(0, 1)).real + self.D * x
+    def gain_bound(self) -> Tensor:
+        """Upper bound of the zero-state L2 gain (H-infinity norm), valid for every parameter value.
 
-    def default_state(self, batch: int, device: torch.device | None = None) -> Tensor:
-        dtype = torch.complex(self.B_re[:0], self.B_im[:0]).dtype
-        return torch.zeros(batch, self.d_state, dtype=dtype, device=device or self.D.device)
-
-    def forward(
-        self, x: Tensor, state: Tensor | None = None, mode: str = "scan", lengths: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """x: (B, L, d_model), state: (B, d_state) complex or None -> (y: (B, L, d_model), final state)."""
-        check_input(x, self.d_model)
-        check_mode(mode, self.modes, "LRU")
-        states = linear_recurrence(self.eigenvalues(), self._input_map(x), state, mode=mode)
-        return self._output_map(states, x), state_at_lengths(states, lengths)
-
-    def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
-        """One step: x_t: (B, d_model), state: (B, d_state) -> (y_t, next state)."""
-        state = self.eigenvalues() * state + self._input_map(x_t)
-        return self._output_map(state, x_t), state
+        ||Re w|| <= ||w|| for the complex output w = C h, whose transfer function is
+        C diag(g(z)) B with |g_n(z)| <= 1 / (1 - |lambda_n|) on the unit circle; hence
+        gain <= min(||C|| ||B|| max_n 1/(1-|lambda_n|), sum_n ||c_n|| ||b_n|| / (1-|lambda_n|)) + max |D|.
+        Loose when |lambda| is near 1: the LRU has no gain parameter, unlike l2n and tv.
+        """
+        eigenvalues, B, C, D = self.system()
+        peak = 1 / (1 - eigenvalues.abs().double())
+        dense = spectral_norm_bound(C).double() * spectral_norm_bound(B).double() * peak.max()
+        column_norms = torch.linalg.vector_norm(C.to(torch.complex128), dim=0)
+        row_norms = torch.linalg.vector_norm(B.to(torch.complex128), dim=1)
+        rank_one = (column_norms * row_norms * peak).sum()
+        bound = torch.minimum(dense, rank_one) + D.abs().double().max()
+        return bound.to(D.dtype)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 
@@ -14,3 +15,8 @@ class GLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return nn.functional.glu(self.linear(x), dim=-1)
+
+    def lipschitz_bound(self) -> Tensor:
+        """Infinite: a * sigmoid(b) with a, b linear in x has a Jacobian that grows with ||x||
+        (the term a * sigmoid'(b) W_b), so no global Lipschitz constant exists; use LGLU."""
+        return torch.tensor(float("inf"), device=self.linear.weight.device)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ssm_lab.ops.spectral import spectral_norm_bound
+
+# max_x d/dx [x Phi(x)] = Phi(sqrt 2) + sqrt 2 phi(sqrt 2): the Lipschitz constant of GELU
+GELU_LIPSCHITZ = 1.129  # 1.12890..., rounded up
+
 
 class MLP(nn.Module):
     """x: (..., d_model) -> (..., d_model)."""
@@ -14,3 +19,9 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
+
+    def lipschitz_bound(self) -> Tensor:
+        """||W2|| Lip(GELU) ||W1||: a valid Lipschitz bound, but the weights are free, so it is not
+        prescribed, and the biases make f(0) != 0, so it bounds no gain: use LMLP to certify."""
+        first, last = self.net[0].weight, self.net[2].weight
+        return spectral_norm_bound(last) * GELU_LIPSCHITZ * spectral_norm_bound(first)

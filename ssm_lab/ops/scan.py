@@ -1,8 +1,11 @@
-"""Diagonal linear recurrences h_t = a_t * h_{t-1} + b_t: the loop reference and a parallel scan.
+"""Diagonal linear recurrences h_t = a_t * h_{t-1} + b_t: the loop reference, a parallel scan, a GPU kernel.
 
-Both functions take the same arguments and return every state, so a core picks one by mode and
-the tests compare them (outputs and gradients). ``a`` is either constant over time (LTI cores,
-shape ``(N,)``, ``(1, 1, N)`` or ``(B, 1, N)``) or per step (``(B, L, N)``); real or complex.
+All take the same arguments and return every state, so a core picks one by mode and the tests
+compare them (outputs and gradients). ``a`` is either constant over time (LTI cores, shape
+``(N,)``, ``(1, 1, N)`` or ``(B, 1, N)``) or per step (``(B, L, N)``); real or complex.
+``linear_recurrence(..., mode="scan")`` runs the Triton kernel (``ssm_lab.ops.triton.linear_scan``)
+on CUDA tensors of a dtype it supports and the torch scan otherwise (CPU, float64/complex128);
+``mode="torch_scan"`` forces the torch scan and ``mode="loop"`` the reference on any device.
 """
 
 from __future__ import annotations
@@ -10,7 +13,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["linear_recurrence", "linear_recurrence_ref", "linear_recurrence_scan"]
+try:  # Triton ships with CUDA builds of torch; CPU installs run the torch paths only
+    from ssm_lab.ops.triton.linear_scan import SUPPORTED_DTYPES, linear_scan
+except ImportError:
+    linear_scan = None
+    SUPPORTED_DTYPES = ()
+
+__all__ = ["MODES", "kernel_applies", "linear_recurrence", "linear_recurrence_ref", "linear_recurrence_scan"]
 
 
 def _as_3d(a: Tensor, b: Tensor) -> Tensor:
@@ -19,7 +28,12 @@ def _as_3d(a: Tensor, b: Tensor) -> Tensor:
         raise ValueError(f"b must be (B, L, N), got shape {tuple(b.shape)}")
     if a.dim() == 1:
         a = a.view(1, 1, -1)
-    if a.dim() != 3 or a.shape[-1] != b.shape[-1] or a.shape[1] not in (1, b.shape[1]) or a.shape[0] not in (1, b.shape[0]):
+    if (
+        a.dim() != 3
+        or a.shape[-1] != b.shape[-1]
+        or a.shape[1] not in (1, b.shape[1])
+        or a.shape[0] not in (1, b.shape[0])
+    ):
         raise ValueError(
             f"a of shape {tuple(a.shape)} does not broadcast against b of shape {tuple(b.shape)}; "
             "expected (N,), (1 or B, 1, N) or (1 or B, L, N)"
@@ -76,11 +90,37 @@ def linear_recurrence_scan(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Te
     return h
 
 
-_MODES = {"loop": linear_recurrence_ref, "scan": linear_recurrence_scan}
+def _common_dtype(a: Tensor, b: Tensor, h0: Tensor | None) -> torch.dtype:
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    return dtype if h0 is None else torch.promote_types(dtype, h0.dtype)
+
+
+def kernel_applies(a: Tensor, b: Tensor, h0: Tensor | None = None) -> bool:
+    """Whether ``mode="scan"`` runs the Triton kernel for these inputs (CUDA, Triton, a supported dtype)."""
+    return linear_scan is not None and a.is_cuda and b.is_cuda and _common_dtype(a, b, h0) in SUPPORTED_DTYPES
+
+
+def _linear_recurrence_kernel(a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
+    """The Triton kernel on inputs cast to one dtype (casts are differentiable, so gradients keep theirs)."""
+    a = _as_3d(a, b)
+    if h0 is not None and h0.shape != (b.shape[0], b.shape[2]):
+        raise ValueError(f"initial state must be (B, N) = {(b.shape[0], b.shape[2])}, got {tuple(h0.shape)}")
+    dtype = _common_dtype(a, b, h0)
+    return linear_scan(a.to(dtype), b.to(dtype), None if h0 is None else h0.to(dtype))
+
+
+def _linear_recurrence_auto(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Tensor:
+    if kernel_applies(a, b, h0):
+        return _linear_recurrence_kernel(a, b, h0)
+    return linear_recurrence_scan(a, b, h0)
+
+
+_MODES = {"scan": _linear_recurrence_auto, "torch_scan": linear_recurrence_scan, "loop": linear_recurrence_ref}
+MODES = tuple(_MODES)
 
 
 def linear_recurrence(a: Tensor, b: Tensor, h0: Tensor | None = None, mode: str = "scan") -> Tensor:
-    """Dispatch on ``mode`` ("loop" reference or "scan"); unknown modes are an error."""
+    """Dispatch on ``mode``: "scan" (GPU kernel where it applies, else torch scan), "torch_scan", "loop"."""
     if mode not in _MODES:
         raise ValueError(f"unknown recurrence mode {mode!r}; choose one of {', '.join(_MODES)}")
     return _MODES[mode](a, b, h0)

@@ -1,0 +1,278 @@
+"""The machinery every figure shares: which runs a figure needs at a scale (Hydra overrides), which
+of them are already recorded, launching only the missing ones through Hydra multirun, and saving
+what a figure draws (PDF + PNG per figure, CSV + Markdown per table) into ``<results_dir>/figures/``.
+
+A figure module (``experiments/<name>.py``) defines:
+    EXPERIMENT                         the preset in configs/experiment/ (and the runs' folder name)
+    needed_runs(scale, done) -> [Run]  the runs it needs given the finished ones (``done``: a gather
+                                       table); called again after each launch, so a sweep may grow
+                                       with the results (deeper models only where shallow ones fail)
+    draw(runs, curves, scale) -> Drawing   from the finished runs (gather) and their learning curves
+    plot(...) -> Drawing               the pure drawing from DataFrames, which draw() calls
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on clusters or in CI
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from ssm_lab.config import CONFIG_DIR, compose_config  # noqa: E402
+from ssm_lab.plotting import save_figure  # noqa: E402
+from ssm_lab.results import gather, read_summary, run_dir  # noqa: E402
+
+REPOSITORY = Path(__file__).resolve().parents[1]
+SCALES = ("smoke", "small", "paper")
+#: Statuses whose record is a result: a run that diverged (failed) did not learn the task.
+FINISHED = ("completed", "failed")
+#: Short launcher names accepted besides the files of configs/hydra/launcher/.
+LAUNCHER_ALIASES = {"slurm": "submitit_slurm", "local": "submitit_local"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run a figure needs: the Hydra overrides on top of its preset and scale."""
+
+    overrides: tuple[str, ...]
+
+    @property
+    def settings(self) -> dict[str, str]:
+        return dict(override.split("=", 1) for override in self.overrides)
+
+    @property
+    def model(self) -> str | None:
+        return self.settings.get("model")
+
+    def __str__(self) -> str:
+        return " ".join(self.overrides)
+
+
+def run(**settings: object) -> Run:
+    """Run(model="lru", **{"model.n_layers": 2}) with values written as Hydra reads them."""
+    return Run(tuple(f"{key}={hydra_value(value)}" for key, value in settings.items()))
+
+
+def hydra_value(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+@dataclass
+class Drawing:
+    """What a figure module draws: named figures and tables. ``missing``: the runs it lacks, named."""
+
+    figures: dict[str, plt.Figure] = field(default_factory=dict)
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+
+
+def check_choice(key: str, value: str, allowed: Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"unknown {key} {value!r}; choose one of {', '.join(allowed)}")
+
+
+@cache
+def available_models() -> frozenset[str]:
+    return frozenset(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml"))
+
+
+def launcher_override(launcher: str) -> list[str]:
+    """The Hydra override choosing a launcher (basic: Hydra's default, in this process's order)."""
+    choice = LAUNCHER_ALIASES.get(launcher, launcher)
+    check_choice("launcher", launcher, ("basic", *LAUNCHER_ALIASES, *launchers()))
+    return [] if choice == "basic" else [f"hydra/launcher={choice}"]
+
+
+def launchers() -> list[str]:
+    return sorted(path.stem for path in (CONFIG_DIR / "hydra" / "launcher").glob("*.yaml"))
+
+
+def cartesian_blocks(runs: Sequence[Run]) -> list[dict[str, list[str]]]:
+    """Exact cover of ``runs`` by Cartesian products (what one Hydra multirun launches): blocks that
+    agree on every key but one are merged along it, one key at a time. Runs with the same keys and a
+    full grid of values become one block; a grid with holes becomes a few."""
+    blocks = [{key: [value] for key, value in r.settings.items()} for r in dict.fromkeys(runs)]
+    keys = list(dict.fromkeys(key for r in runs for key in r.settings))
+    for key in keys:
+        merged: dict[tuple, dict[str, list[str]]] = {}
+        for block in blocks:
+            rest = tuple((k, tuple(v)) for k, v in block.items() if k != key)
+            signature = (key in block, rest)
+            if signature in merged and key in block:
+                merged[signature][key] += [v for v in block[key] if v not in merged[signature][key]]
+            elif signature in merged:
+                continue  # the same block twice
+            else:
+                merged[signature] = {k: list(v) for k, v in block.items()}
+        blocks = list(merged.values())
+    return blocks
+
+
+def block_overrides(block: dict[str, list[str]]) -> list[str]:
+    return [f"{key}={','.join(values)}" for key, values in block.items()]
+
+
+@dataclass
+class Session:
+    """Where and how the figures' runs are recorded and launched.
+
+    extra: overrides added to every run (e.g. ``trainer=gpu``): part of the runs' identity, so the
+    same extra overrides find the same runs again. models: when given, only runs of these models."""
+
+    scale: str
+    results_dir: Path
+    data_dir: Path
+    launcher: str = "basic"
+    extra: tuple[str, ...] = ()
+    models: tuple[str, ...] | None = None
+    launch: bool = True
+    log: Callable[[str], None] = print
+
+    def __post_init__(self) -> None:
+        check_choice("scale", self.scale, SCALES)
+        launcher_override(self.launcher)  # a bad launcher fails before anything is trained
+
+    def base_overrides(self, experiment: str) -> list[str]:
+        return [
+            f"experiment={experiment}", f"scale={self.scale}", f"results_dir={self.results_dir}",
+            f"data_dir={self.data_dir}", *self.extra,
+        ]  # fmt: skip
+
+    def run_path(self, experiment: str, needed: Run) -> Path:
+        return _run_path((*self.base_overrides(experiment), *needed.overrides))
+
+    def launch_runs(self, experiment: str, runs: Sequence[Run], tag: str) -> None:
+        """One Hydra multirun per Cartesian block of ``runs`` through run_experiment.py."""
+        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S-%f")
+        for index, block in enumerate(cartesian_blocks(runs)):
+            command = [
+                sys.executable, str(REPOSITORY / "run_experiment.py"), "-m", *self.base_overrides(experiment),
+                *block_overrides(block), *launcher_override(self.launcher),
+                f"hydra.sweep.dir={self.results_dir}/hydra/figures/{tag}/{stamp}-{index}",
+            ]  # fmt: skip
+            self.log(f"[figures] launching: {' '.join(command[1:])}")
+            done = subprocess.run(command, cwd=REPOSITORY)
+            if done.returncode != 0:
+                self.log(f"[figures] the sweep exited with status {done.returncode}; its runs stay missing")
+
+
+@cache
+def _run_path(overrides: tuple[str, ...]) -> Path:
+    return run_dir(compose_config(overrides))
+
+
+def finished(path: Path) -> bool:
+    summary = read_summary(path)
+    return bool(summary) and summary.get("status") in FINISHED
+
+
+@dataclass
+class Collected:
+    runs: pd.DataFrame  # one row per finished run the figure needs (gather's columns)
+    missing: list[Run]  # runs of available models with no finished record
+    unavailable: list[Run]  # runs of models with no configs/model/<name>.yaml
+
+
+def collect(figure: ModuleType, session: Session) -> Collected:
+    """The figure's finished runs, launching the missing ones (when ``session.launch``) until the
+    figure needs no more runs or a launch finishes none of them. ``needed_runs`` sees the finished
+    runs each time, so a sweep that grows with its results (a5_min_depth) grows here."""
+    done = pd.DataFrame(columns=["run_dir"])
+    attempted: set[Run] = set()
+    while True:
+        needed = figure.needed_runs(session.scale, done)
+        if session.models is not None:
+            needed = [r for r in needed if r.model in session.models]
+        unavailable = [r for r in needed if r.model is not None and r.model not in available_models()]
+        needed = [r for r in needed if r not in unavailable]
+        paths = {r: session.run_path(figure.EXPERIMENT, r) for r in needed}
+        missing = [r for r in needed if not finished(paths[r])]
+        table = gather(session.results_dir)
+        finished_dirs = {str(path) for r, path in paths.items() if r not in missing}
+        now_done = table[table["run_dir"].isin(finished_dirs)].reset_index(drop=True)
+        if len(now_done) > len(done):  # new results: ask the figure again what it needs
+            done = now_done
+            continue
+        retry = [r for r in missing if r not in attempted]
+        if not session.launch or not retry:
+            return Collected(now_done, missing, unavailable)
+        attempted.update(retry)
+        session.launch_runs(figure.EXPERIMENT, retry, figure.__name__.rsplit(".", 1)[-1])
+
+
+def save_drawing(drawing: Drawing, name: str, directory: Path) -> list[Path]:
+    """<name>_<figure>.{pdf,png}, <name>_<table>.{csv,md} and, when runs are missing, <name>.missing.txt."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    stale = directory / f"{name}.missing.txt"
+    if drawing.missing:
+        stale.write_text("\n".join(drawing.missing) + "\n")
+        written.append(stale)
+    else:
+        stale.unlink(missing_ok=True)
+    for key, figure in drawing.figures.items():
+        if drawing.missing:  # a partial picture says so on its face
+            figure.text(
+                0.01, 0.005, f"INCOMPLETE: {len(drawing.missing)} runs missing, listed in {stale.name}",
+                color="red", fontsize=8, ha="left", va="bottom",
+            )  # fmt: skip
+        written += save_figure(figure, directory / f"{name}_{key}")
+    for key, table in drawing.tables.items():
+        csv, markdown = directory / f"{name}_{key}.csv", directory / f"{name}_{key}.md"
+        table.to_csv(csv, index=False)
+        markdown.write_text(markdown_table(table) + "\n")
+        written += [csv, markdown]
+    return written
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """A GitHub Markdown table (pandas' to_markdown needs the optional tabulate package)."""
+
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return "" if pd.isna(value) else f"{value:.4g}"
+        return str(value).replace("|", "\\|")
+
+    header = [str(c) for c in table.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def make_figure(figure: ModuleType, session: Session) -> tuple[list[Path], list[Run]]:
+    """Collect (launching what is missing) and draw one figure module; returns the files written
+    and the runs still missing. Runs of unavailable models are reported, never silently dropped."""
+    name = figure.__name__.rsplit(".", 1)[-1]
+    collected = collect(figure, session)
+    for model in sorted({r.model for r in collected.unavailable}):
+        session.log(f"[figures] {name}: skipped model {model!r}: no configs/model/{model}.yaml")
+    for missing in collected.missing:
+        session.log(f"[figures] {name}: missing run: {missing}")
+    missing_lines = [f"missing: {r}" for r in collected.missing]
+    missing_lines += [f"unavailable model (no config): {r}" for r in collected.unavailable]
+    if collected.runs.empty:
+        drawing = Drawing(missing=missing_lines or ["no runs"])
+    else:
+        curves = gather(session.results_dir, metrics=True)
+        curves = curves[curves["run_dir"].isin(set(collected.runs["run_dir"]))]
+        drawing = figure.draw(collected.runs, curves, session.scale)
+        drawing.missing = missing_lines
+    written = save_drawing(drawing, name, session.results_dir / "figures")
+    for path in written:
+        session.log(f"[figures] wrote {path}")
+    return written, collected.missing

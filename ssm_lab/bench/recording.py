@@ -1,0 +1,74 @@
+"""What every GPU benchmark shares: median timings, the memory-copy floor, and the jsonl record of results."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path("benchmarks/results")
+
+
+def device_slug() -> str:
+    """'h100' for 'NVIDIA H100 80GB HBM3': the GPU's model, lower case, for the results file name."""
+    name = torch.cuda.get_device_name()
+    match = re.search(r"\b([A-Z]+\d+[A-Za-z]*)\b", name.replace("NVIDIA", ""))
+    return (match.group(1) if match else re.sub(r"\W+", "-", name)).lower()
+
+
+def results_path(directory: Path = RESULTS_DIR) -> Path:
+    """benchmarks/results/<UTC date>-<gpu>.jsonl"""
+    return directory / f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}-{device_slug()}.jsonl"
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
+def append_records(records: list[dict], path: Path) -> None:
+    """Append one json line per record, each stamped with device, versions, commit and time."""
+    import triton
+
+    stamp = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "commit": _git_commit(),
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        for record in records:
+            handle.write(json.dumps({**record, **stamp}) + "\n")
+
+
+def median_ms(fn: Callable[[], object], warmup_ms: float = 25, repeat_ms: float = 200) -> float:
+    """Median time of fn() in ms, with CUDA events (triton.testing.do_bench, which also flushes the L2)."""
+    from triton.testing import do_bench
+
+    return float(do_bench(fn, warmup=warmup_ms, rep=repeat_ms, return_mode="median"))
+
+
+def copy_ms(n_bytes: int) -> float:
+    """Time to copy a buffer of n_bytes on the GPU: it moves 2 * n_bytes (one read, one write)."""
+    source = torch.randn(n_bytes // 4, device="cuda")
+    target = torch.empty_like(source)
+    return median_ms(lambda: target.copy_(source))
+
+
+def peak_gib(fn: Callable[[], object]) -> float:
+    """Peak GPU memory allocated while fn() runs, in GiB, above what was allocated before."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**30

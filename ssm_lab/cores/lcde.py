@@ -1,0 +1,150 @@
+"""The Linear Neural CDE of Cirone, Orvieto, Walker, Salvi & Lyons 2024, "Theoretical Foundations
+of Deep Selective State-Space Models" (NeurIPS), driven by the piecewise-linear control path X
+whose increments are the inputs and a time channel, Delta X_t = (tau_t, x_t) in R^{1 + H}:
+
+    dh = sum_i A_i h dX^i + B dX,   y_t = W_out h_t
+
+On step t the path is a straight line, so h solves h' = M_t h + v_t on a unit interval with
+M_t = sum_i A_i Delta X^i_t and v_t = B Delta X_t. Solvers (``solver``):
+  "exp"   exact: [h_t; 1] = expm([[M_t, v_t], [0, 0]]) [h_{t-1}; 1], i.e. h_t = e^{M_t} h_{t-1} + phi_1(M_t) v_t;
+  "euler" one explicit Euler step: h_t = (I + M_t) h_{t-1} + v_t.
+Modes: "scan" (parallel scan over the products of the per-step affine maps), "loop" (the
+recurrence step by step, the reference) and "adaptive" (an embedded Dormand-Prince RK5(4) with
+error control on every increment, for comparison with the fixed-step solvers; ``solver`` unused).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
+from ssm_lab.cores.stepping import check_timesteps, step_through
+from ssm_lab.ops.matrix_scan import matrix_recurrence
+from ssm_lab.optim import mark_recurrence
+
+SOLVERS = ("exp", "euler")
+
+# Dormand & Prince 1980, "A family of embedded Runge-Kutta formulae": nodes, stages, the 5th-order
+# weights (also the last stage, FSAL) and the 5th-minus-4th-order error weights.
+_DP_NODES = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
+_DP_STAGES = (
+    (),
+    (1 / 5,),
+    (3 / 40, 9 / 40),
+    (44 / 45, -56 / 15, 32 / 9),
+    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
+)
+_DP_ERROR = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)
+
+
+def dormand_prince_affine(M: Tensor, v: Tensor, h: Tensor, rtol: float, atol: float) -> tuple[Tensor, int]:
+    """Solve h' = M h + v over s in [0, 1] with adaptive steps. M: (B, N, N), v, h: (B, N).
+
+    One step size for the whole batch (the worst element's error decides). Returns (h(1), steps taken)."""
+    field = lambda state: (M @ state.unsqueeze(-1)).squeeze(-1) + v  # noqa: E731
+    s, step, steps = 0.0, 0.5, 0
+    while s < 1.0:
+        step = min(step, 1.0 - s)
+        stages = [field(h)]
+        for row in _DP_STAGES[1:]:
+            stages.append(field(h + step * sum(weight * k for weight, k in zip(row, stages, strict=False))))
+        proposal = h + step * sum(weight * k for weight, k in zip(_DP_STAGES[-1], stages, strict=False))
+        error = step * sum(weight * k for weight, k in zip(_DP_ERROR, stages, strict=True))
+        scale = atol + rtol * torch.maximum(h.abs(), proposal.abs())
+        error_norm = float(((error / scale) ** 2).mean(-1).sqrt().max().detach())
+        if error_norm <= 1.0:
+            s, h, steps = s + step, proposal, steps + 1
+        step *= min(5.0, max(0.2, 0.9 * max(error_norm, 1e-10) ** -0.2))
+    return h, steps
+
+
+class LinearCDE(nn.Module):
+    """x: (B, L, d_model) -> y: (B, L, d_model); state: (B, d_state) real."""
+
+    modes = ("scan", "loop", "adaptive")
+    time_varying = True
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        solver: str = "exp",
+        init_std: float = 1.0,
+        rtol: float = 1e-6,
+        atol: float = 1e-8,
+    ) -> None:
+        super().__init__()
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
+        if not isinstance(d_state, int) or d_state <= 0:
+            raise ValueError(f"d_state must be a positive integer, got {d_state!r}")
+        if init_std <= 0 or rtol <= 0 or atol <= 0:
+            raise ValueError(f"init_std, rtol and atol must be positive, got {init_std}, {rtol}, {atol}")
+        self.d_model, self.d_state, self.solver, self.rtol, self.atol = d_model, d_state, solver, rtol, atol
+        channels = d_model + 1  # the time channel first
+        self.A = nn.Parameter(torch.randn(channels, d_state, d_state) * init_std / math.sqrt(d_state * channels))
+        mark_recurrence(self.A)
+        self.B = nn.Parameter(torch.randn(d_state, channels) / math.sqrt(channels))
+        self.readout = nn.Linear(d_state, d_model)
+
+    def _increments(self, x: Tensor, timesteps: Tensor | None) -> Tensor:
+        """(tau_t, x_t): (..., 1 + d_model); tau = 1 on a regular grid."""
+        time = torch.ones_like(x[..., :1]) if timesteps is None else timesteps.unsqueeze(-1).to(x.dtype)
+        return torch.cat([time, x], dim=-1)
+
+    def vector_field(self, x: Tensor, timesteps: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(M_t: (..., N, N), v_t: (..., N)) of the affine ODE on each increment."""
+        increments = self._increments(x, timesteps)
+        return torch.einsum("...i,inm->...nm", increments, self.A), increments @ self.B.T
+
+    def transitions(self, x: Tensor, timesteps: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The fixed-step solver's affine map per increment: h_t = T_t h_{t-1} + c_t."""
+        M, v = self.vector_field(x, timesteps)
+        if self.solver == "euler":
+            return torch.eye(self.d_state, dtype=M.dtype, device=M.device) + M, v
+        top = torch.cat([M, v.unsqueeze(-1)], dim=-1)  # (..., N, N + 1); the bottom row is zero
+        augmented = torch.cat([top, torch.zeros_like(top[..., :1, :])], dim=-2)
+        exponential = torch.linalg.matrix_exp(augmented)
+        return exponential[..., : self.d_state, : self.d_state], exponential[..., : self.d_state, self.d_state]
+
+    def default_state(self, batch: int, device: torch.device | None = None) -> Tensor:
+        return torch.zeros(batch, self.d_state, dtype=self.A.dtype, device=device or self.A.device)
+
+    def forward(
+        self,
+        x: Tensor,
+        state: Tensor | None = None,
+        mode: str = "scan",
+        lengths: Tensor | None = None,
+        integration_timesteps: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """x: (B, L, d_model), state: (B, d_state) or None -> (y, final state at ``lengths``)."""
+        check_input(x, self.d_model)
+        check_mode(mode, self.modes, "LinearCDE")
+        check_timesteps(integration_timesteps, x)
+        if state is None:
+            state = self.default_state(x.shape[0], x.device)
+        per_step = {"integration_timesteps": integration_timesteps}
+        if mode == "loop":
+            return step_through(self.step, x, state, lengths, per_step)
+        if mode == "adaptive":
+            return step_through(self._adaptive_step, x, state, lengths, per_step)
+        transition, offset = self.transitions(x, integration_timesteps)
+        states = matrix_recurrence(transition, offset, state, mode="scan")
+        return self.readout(states), state_at_lengths(states, lengths)
+
+    def step(self, x_t: Tensor, state: Tensor, integration_timesteps: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """x_t: (B, d_model), state: (B, d_state) -> (y_t, next state), one fixed solver step."""
+        transition, offset = self.transitions(x_t, integration_timesteps)
+        state = (transition @ state.unsqueeze(-1)).squeeze(-1) + offset
+        return self.readout(state), state
+
+    def _adaptive_step(self, x_t: Tensor, state: Tensor, integration_timesteps: Tensor | None = None):
+        M, v = self.vector_field(x_t, integration_timesteps)
+        state, _ = dormand_prince_affine(M, v, state, self.rtol, self.atol)
+        return self.readout(state), state

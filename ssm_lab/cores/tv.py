@@ -1,0 +1,139 @@
+"""tv: a time-varying, input-selective diagonal recurrence with a certified L2 gain, after the
+"tv" cell of neural-ssm (Massai et al., arXiv 2503.23818) and Mamba's selection (Gu & Dao 2023).
+
+    u~_t = W_in x_t,   (a_t, b_t, c_t, d_t) = selection(x_t)        (per coordinate n = 1..N)
+    h_t = a_t h_{t-1} + b_t gamma u~_t,   yhat_t = c_t h_{t-1} + d_t gamma u~_t,   y_t = W_out yhat_t
+
+a_t = exp(-softplus(delta_t) softplus(alpha)) in (0, 1), b, c, d = tanh(.), then each coordinate's
+step matrix M = [[a, b], [c, d]] is divided by max(1, ||M||_2), with the exact 2x2 norm in closed
+form ||M||_2 = (|(a+d) + i(b-c)| + |(a-d) + i(b+c)|) / 2 (no SVD). Per coordinate and step
+h_t^2 + yhat_t^2 <= h_{t-1}^2 + gamma^2 u~_t^2, whatever the input chose; summed from h = 0 with
+||W_in||, ||W_out|| <= 1 (Gram-iteration normalisation), sum ||y_t||^2 <= gamma^2 sum ||x_t||^2.
+The bound holds for every input and every parameter value; it is a gain bound, not an
+incremental one (a_t depends on x).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
+from ssm_lab.cores.l2n import check_gamma
+from ssm_lab.ops.scan import linear_recurrence
+from ssm_lab.ops.selective_scan import chunked_linear_recurrence
+from ssm_lab.ops.spectral import normalize_to_contraction
+from ssm_lab.optim import mark_recurrence
+
+
+def normalize_2x2(a: Tensor, b: Tensor, c: Tensor, d: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Divide each [[a, b], [c, d]] (elementwise tensors) by max(1, its spectral norm), so ||.||_2 <= 1.
+
+    The tiny constant under the square roots keeps gradients finite where a 2x2 block is a
+    multiple of a rotation or reflection; it only enlarges the norm, which keeps the bound valid.
+    The (1 + 4 eps) factor covers the rounding of the four divisions.
+    """
+    tiny = torch.finfo(a.dtype).tiny ** 0.5
+    norm = 0.5 * (
+        torch.sqrt((a + d) ** 2 + (b - c) ** 2 + tiny) + torch.sqrt((a - d) ** 2 + (b + c) ** 2 + tiny)
+    )
+    scale = norm.clamp_min(1.0) * (1 + 4 * torch.finfo(a.dtype).eps)
+    return a / scale, b / scale, c / scale, d / scale
+
+
+class TV(nn.Module):
+    """x: (B, L, d_model) -> y: (B, L, d_model), state: (B, d_state) real; gain <= gain_bound() <= gamma."""
+
+    modes = ("scan", "loop", "chunked")  # chunked: ssm_lab.ops.selective_scan's chunked scan, the fastest on CPU
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 64,
+        gamma: float = 1.0,
+        train_gamma: bool = True,
+        init_rho: float = 0.95,
+        init_delta: float = 1.0,
+        selection_scale: float = 0.02,
+        gram_iterations: int = 8,
+    ) -> None:
+        super().__init__()
+        for key, value in (("d_model", d_model), ("d_state", d_state)):
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        check_gamma(gamma, "TV")
+        if not 0.0 < init_rho < 1.0 or init_delta <= 0:
+            raise ValueError(f"need 0 < init_rho < 1 and init_delta > 0, got {init_rho}, {init_delta}")
+        self.d_model, self.d_state, self.gram_iterations = d_model, d_state, gram_iterations
+        self.W_in = nn.Parameter(torch.randn(d_state, d_model) / math.sqrt(d_model))
+        self.W_out = nn.Parameter(torch.randn(d_model, d_state) / math.sqrt(d_state))
+        self.selection = nn.Linear(d_model, 4 * d_state)
+        nn.init.normal_(self.selection.weight, std=selection_scale)
+        nn.init.zeros_(self.selection.bias)
+        with torch.no_grad():  # b = c = d = tanh(1) at init, so the input reaches the state
+            self.selection.bias[d_state:].fill_(1.0)
+        # softplus(delta_bias) = init_delta and softplus(alpha) init_delta = -log(init_rho): a = init_rho at init
+        rate = -math.log(init_rho) / init_delta
+        self.delta_bias = nn.Parameter(torch.full((d_state,), math.log(math.expm1(init_delta))))
+        self.alpha = nn.Parameter(torch.full((d_state,), math.log(math.expm1(rate))))
+        mark_recurrence(self.delta_bias, self.alpha)
+        log_gamma = torch.tensor(math.log(gamma))
+        if train_gamma:
+            self.log_gamma = nn.Parameter(log_gamma)
+        else:
+            self.register_buffer("log_gamma", log_gamma)
+
+    def _projections(self) -> tuple[Tensor, Tensor, Tensor]:
+        """(W_in, W_out) normalised to contractions, and the product of their certified norms."""
+        W_in, norm_in = normalize_to_contraction(self.W_in, self.gram_iterations)
+        W_out, norm_out = normalize_to_contraction(self.W_out, self.gram_iterations)
+        return W_in, W_out, norm_in * norm_out
+
+    def step_matrices(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(a, b, c, d): each (B, L, d_state), with ||[[a, b], [c, d]]||_2 <= 1 per entry."""
+        delta, b, c, d = self.selection(x).chunk(4, dim=-1)
+        rate = nn.functional.softplus(delta + self.delta_bias) * nn.functional.softplus(self.alpha)
+        return normalize_2x2(torch.exp(-rate), torch.tanh(b), torch.tanh(c), torch.tanh(d))
+
+    def default_state(self, batch: int, device: torch.device | None = None) -> Tensor:
+        return torch.zeros(batch, self.d_state, dtype=self.W_in.dtype, device=device or self.W_in.device)
+
+    def forward(
+        self, x: Tensor, state: Tensor | None = None, mode: str = "scan", lengths: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """x: (B, L, d_model), state: (B, d_state) or None -> (y: (B, L, d_model), final state)."""
+        y, state, _ = self.forward_and_gain_bound(x, state, mode, lengths)
+        return y, state
+
+    def forward_and_gain_bound(
+        self, x: Tensor, state: Tensor | None = None, mode: str = "scan", lengths: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(y, final state, gain_bound()): the bound comes with the projections' normalisation."""
+        check_input(x, self.d_model)
+        check_mode(mode, self.modes, "TV")
+        if state is not None and state.shape != (x.shape[0], self.d_state):
+            expected = (x.shape[0], self.d_state)
+            raise ValueError(f"TV initial state must be (B, d_state) = {expected}, got {tuple(state.shape)}")
+        W_in, W_out, norm = self._projections()
+        a, b, c, d = self.step_matrices(x)
+        scaled_input = torch.exp(self.log_gamma) * (x @ W_in.transpose(0, 1))
+        drive = b * scaled_input
+        if mode == "chunked":
+            states = chunked_linear_recurrence(a, drive, state)
+        else:
+            states = linear_recurrence(a, drive, state, mode=mode)
+        first = self.default_state(x.shape[0], x.device) if state is None else state
+        previous = torch.cat([first.unsqueeze(1), states[:, :-1]], dim=1)
+        y = (c * previous + d * scaled_input) @ W_out.transpose(0, 1)
+        return y, state_at_lengths(states, lengths), torch.exp(self.log_gamma) * norm
+
+    def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """One step: x_t: (B, d_model), state: (B, d_state) -> (y_t: (B, d_model), next state)."""
+        y, state = self.forward(x_t.unsqueeze(1), state, mode="loop")
+        return y[:, 0], state
+
+    def gain_bound(self) -> Tensor:
+        """gamma * ||W_in|| * ||W_out|| (certified norms <= 1): the zero-state L2 gain bound."""
+        return torch.exp(self.log_gamma) * self._projections()[2]

@@ -1,0 +1,272 @@
+"""lru, l2n, tv and l2ru cores: every mode against the loop reference (outputs and gradients),
+chunking and streaming, and their certificates (gain <= gain_bound() <= gamma for any parameters)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from ssm_lab.cores.l2n import L2N
+from ssm_lab.cores.l2ru import L2RU, dense_recurrence
+from ssm_lab.cores.lru import LRU, diagonal_recurrence_conv
+from ssm_lab.cores.tv import TV, normalize_2x2
+from ssm_lab.ops.scan import linear_recurrence
+from ssm_lab.ops.spectral import normalize_to_contraction
+from ssm_lab.optim import param_groups
+
+D_MODEL, D_STATE = 6, 8
+BUILDERS = {
+    "lru": lambda: LRU(D_MODEL, D_STATE, r_min=0.5, r_max=0.99),
+    "l2n": lambda: L2N(D_MODEL, D_STATE, gamma=1.7),
+    "tv": lambda: TV(D_MODEL, D_STATE, gamma=1.7),
+    "l2ru": lambda: L2RU(D_MODEL, D_STATE, gamma=1.7),
+}
+LTI = ("lru", "l2n", "l2ru")
+
+
+def build(name: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return BUILDERS[name]()
+
+
+def perturb(core: torch.nn.Module, scale: float, seed: int) -> None:
+    """Add large noise to every parameter (the certificate must hold for ANY values)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in core.parameters():
+            parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
+
+
+def grads(core: torch.nn.Module, x: torch.Tensor, mode: str) -> list[torch.Tensor]:
+    x = x.clone().requires_grad_(True)
+    y, state = core(x, mode=mode)
+    weights = torch.linspace(-1, 1, y.numel()).view_as(y)
+    loss = (weights * y).sum() + state.abs().sum()
+    # with L = 1 the eigenvalues do not reach the output yet: their gradient is zero
+    return torch.autograd.grad(loss, [x, *core.parameters()], allow_unused=True, materialize_grads=True)
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+@pytest.mark.parametrize("length", [1, 2, 7, 64])
+def test_every_mode_matches_the_loop_reference(name, length):
+    core = build(name, seed=length)
+    x = torch.randn(3, length, D_MODEL)
+    y_ref, state_ref = core(x, mode="loop")
+    ref_grads = grads(core, x, "loop")
+    for mode in core.modes:
+        y, state = core(x, mode=mode)
+        torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(state, state_ref, atol=1e-5, rtol=1e-5)
+        for got, want in zip(grads(core, x, mode), ref_grads, strict=True):
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_chunks_steps_and_padding_match_the_whole_sequence(name):
+    core = build(name)
+    x = torch.randn(2, 11, D_MODEL)
+    y, final = core(x)
+    first, middle = core(x[:, :4])
+    second, last = core(x[:, 4:], state=middle)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), y, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(last, final, atol=1e-5, rtol=1e-5)
+    state, outputs = core.default_state(2), []
+    for t in range(x.shape[1]):
+        y_t, state = core.step(x[:, t], state)
+        outputs.append(y_t)
+    torch.testing.assert_close(torch.stack(outputs, dim=1), y, atol=1e-5, rtol=1e-5)
+    padded = torch.cat([x, 100 * torch.randn(2, 3, D_MODEL)], dim=1)
+    y_padded, state_padded = core(padded, lengths=torch.tensor([11, 5]))
+    torch.testing.assert_close(y_padded[:, :11], y, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(state_padded[0], final[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(state_padded[1], core(x[1:, :5])[1][0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("name", "dynamics"),
+    [("lru", {"nu_log", "theta_log", "gamma_log"}), ("l2n", {"rho_logit", "theta"}), ("tv", {"delta_bias", "alpha"}),
+     ("l2ru", {"X", "S"})],
+)
+def test_recurrence_parameters_are_tagged(name, dynamics):
+    core = build(name)
+    recurrence = param_groups(core, recurrence_lr=1e-3)[1]
+    assert recurrence["weight_decay"] == 0.0 and recurrence["lr"] == 1e-3
+    tagged = {key for key, value in core.named_parameters() if any(value is p for p in recurrence["params"])}
+    assert tagged == dynamics
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_forward_and_gain_bound_agrees_with_its_parts(name):
+    core = build(name)
+    x = torch.randn(2, 5, D_MODEL)
+    y, state, bound = core.forward_and_gain_bound(x)
+    torch.testing.assert_close((y, state), core(x))
+    torch.testing.assert_close(bound, core.gain_bound())
+
+
+def test_l2n_equals_its_real_block_diagonal_definition():
+    """z_{t+1} = K11 z_t + K12 gamma u_t, y_t = K21 z_t + K22 gamma u_t with the dense real K."""
+    core = build("l2n")
+    K, _ = normalize_to_contraction(core.raw_step_matrix())
+    gamma, n = torch.exp(core.log_gamma), D_STATE
+    assert torch.count_nonzero(K[:n, :n] * (1 - torch.block_diag(*[torch.ones(2, 2)] * (n // 2)))) == 0
+    x = torch.randn(2, 9, D_MODEL)
+    z, outputs = torch.zeros(2, n), []
+    for t in range(x.shape[1]):
+        outputs.append(z @ K[n:, :n].T + gamma * x[:, t] @ K[n:, n:].T)
+        z = z @ K[:n, :n].T + gamma * x[:, t] @ K[:n, n:].T
+    torch.testing.assert_close(core(x)[0], torch.stack(outputs, dim=1), atol=1e-5, rtol=1e-5)
+
+
+def test_conv_and_dense_recurrences_match_their_references():
+    eigenvalues = 0.95 * torch.exp(1j * torch.rand(5) * math.pi)
+    drive, h0 = torch.randn(2, 33, 5, dtype=torch.complex64), torch.randn(2, 5, dtype=torch.complex64)
+    torch.testing.assert_close(
+        diagonal_recurrence_conv(eigenvalues, drive, h0), linear_recurrence(eigenvalues, drive, h0, mode="loop"),
+        atol=1e-5, rtol=1e-5,
+    )
+    A, real_drive, real_h0 = 0.3 * torch.randn(5, 5), torch.randn(2, 33, 5), torch.randn(2, 5)
+    torch.testing.assert_close(
+        dense_recurrence(A, real_drive, real_h0, "scan"), dense_recurrence(A, real_drive, real_h0, "loop"),
+        atol=1e-5, rtol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("name", LTI)
+def test_frequency_response_is_the_transform_of_the_impulse_response(name):
+    core = build(name).double()
+    length = 256  # the impulse response has decayed below 1e-6 by then for these eigenvalues
+    impulses = torch.eye(D_MODEL, dtype=torch.float64).unsqueeze(1) * (torch.arange(length) == 0).view(1, -1, 1)
+    if name == "lru":
+        with torch.no_grad():
+            core.nu_log.clamp_(min=math.log(-math.log(0.9)))  # |lambda| <= 0.9
+    response = core(impulses, mode="loop")[0].detach()  # (input k, s, output h)
+    omega = torch.linspace(0, math.pi, 7, dtype=torch.float64)
+    phases = torch.exp(-1j * omega.view(-1, 1) * torch.arange(length, dtype=torch.float64))
+    transform = torch.einsum("fs,ksh->fhk", phases, response.to(torch.complex128))
+    torch.testing.assert_close(core.frequency_response(omega).detach(), transform, atol=1e-6, rtol=1e-6)
+
+
+def hinf_norm(core: torch.nn.Module) -> float:
+    """max over a dense frequency grid of the largest singular value: the exact gain (from below)."""
+    omega = torch.linspace(0, math.pi, 4001, dtype=torch.float64)
+    with torch.no_grad():
+        return float(torch.linalg.matrix_norm(core.double().frequency_response(omega), ord=2).max())
+
+
+@pytest.mark.parametrize("name", LTI)
+def test_lti_gain_bound_is_above_the_exact_hinf_norm(name):
+    for seed in range(4):
+        core = build(name, seed)
+        if seed:
+            perturb(core, scale=2.0, seed=seed)
+        with torch.no_grad():
+            bound = float(core.double().gain_bound())
+        assert hinf_norm(core) <= bound * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("name", ["l2n", "tv", "l2ru"])
+def test_prescribed_core_gain_holds_under_large_parameter_noise(name):
+    for seed in range(5):
+        core = build(name, seed)
+        gamma = float(torch.exp(core.log_gamma.detach()))
+        perturb(core, scale=5.0, seed=seed)
+        with torch.no_grad():
+            core.log_gamma.fill_(math.log(gamma))  # the noise must not move gamma itself
+            bound = float(core.gain_bound())
+            assert bound <= gamma * (1 + 1e-6)
+            x = 10 * torch.randn(4, 40, D_MODEL)
+            y, _ = core(x)
+            ratios = y.flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)
+            assert float(ratios.max()) <= bound * (1 + 1e-5)
+
+
+def test_tv_adversarial_input_never_beats_its_bound():
+    core = build("tv")
+    perturb(core, scale=1.0, seed=3)
+    core.requires_grad_(False)
+    u = torch.randn(4, 24, D_MODEL, requires_grad=True)
+    optimizer = torch.optim.Adam([u], lr=0.1)
+    bound = float(core.gain_bound())
+    for _ in range(30):
+        ratio = core(u)[0].flatten(1).norm(dim=1) / u.flatten(1).norm(dim=1)
+        assert float(ratio.detach().max()) <= bound * (1 + 1e-5)
+        optimizer.zero_grad()
+        (-ratio.log().sum()).backward()
+        optimizer.step()
+
+
+def test_tv_step_matrices_are_contractions():
+    a, b, c, d = (5 * torch.randn(4000) for _ in range(4))
+    a, b, c, d = normalize_2x2(a, b, c, d)
+    blocks = torch.stack([torch.stack([a, b], -1), torch.stack([c, d], -1)], -2).double()
+    assert float(torch.linalg.matrix_norm(blocks, ord=2).max()) <= 1.0
+    # a rotation makes one of the two moduli in the closed-form norm zero: gradients stay finite
+    entries = torch.tensor([0.6, -0.8, 0.8, 0.6], requires_grad=True)
+    (gradient,) = torch.autograd.grad(sum(normalize_2x2(*entries)), entries)
+    assert torch.isfinite(gradient).all()
+
+
+def test_l2ru_satisfies_the_bounded_real_lemma():
+    core = build("l2ru").double()
+    perturb(core, scale=1.0, seed=4)
+    A, B, C, D = core.system()
+    gamma = float(torch.exp(core.log_gamma.detach()))
+    n = D_STATE
+    X = core.X
+    Z = gamma**2 * torch.eye(D_MODEL, dtype=torch.float64) - D.T @ D
+    P = X @ X.T + core.epsilon * torch.eye(n, dtype=torch.float64) + C.T @ C + C.T @ D @ torch.linalg.solve(Z, D.T @ C)
+    AB, CD = torch.cat([A, B], 1), torch.cat([C, D], 1)
+    lmi = AB.T @ P @ AB + CD.T @ CD - torch.block_diag(P, gamma**2 * torch.eye(D_MODEL, dtype=torch.float64))
+    assert float(torch.linalg.eigvalsh(0.5 * (lmi + lmi.T)).max()) <= 1e-8
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: L2N(4, 7), "d_state must be even"),
+        (lambda: L2N(4, 8, gamma=0.0), "gamma must be a positive"),
+        (lambda: TV(4, 8, gamma=-1.0), "gamma must be a positive"),
+        (lambda: L2RU(4, 8, gamma=float("inf")), "gamma must be a positive"),
+        (lambda: L2N(0, 8), "d_model must be a positive integer"),
+    ],
+)
+def test_bad_settings_are_rejected(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_bad_calls_are_rejected(name):
+    core = build(name)
+    x = torch.randn(2, 5, D_MODEL)
+    with pytest.raises(ValueError, match="no mode 'fast'; choose one of"):
+        core(x, mode="fast")
+    with pytest.raises(ValueError, match=r"initial state must be \(B, "):
+        core(x, state=core.default_state(3))
+    with pytest.raises(ValueError, match=f"must be \\(B, L, {D_MODEL}\\)"):
+        core(torch.randn(2, 5, D_MODEL + 1))
+    if name in ("tv", "l2ru"):
+        with pytest.raises(ValueError, match="no mode 'conv'"):
+            core(x, mode="conv")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_cuda_modes_match_the_cpu_loop_reference(name):
+    """On CUDA "scan" runs ssm_lab.ops.scan's GPU kernel: outputs and gradients against the CPU loop."""
+    core = build(name)
+    x = torch.randn(3, 300, D_MODEL)
+    y_ref, state_ref = core(x, mode="loop")
+    ref_grads = grads(core, x, "loop")
+    gpu_core = copy.deepcopy(core).cuda()
+    for mode in core.modes:
+        y, state = gpu_core(x.cuda(), mode=mode)
+        torch.testing.assert_close(y.cpu(), y_ref, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(state.cpu(), state_ref, atol=1e-4, rtol=1e-4)
+        for got, want in zip(grads(gpu_core, x.cuda(), mode), ref_grads, strict=True):
+            torch.testing.assert_close(got.cpu(), want, atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(gpu_core.gain_bound().cpu(), core.gain_bound())

@@ -1,0 +1,237 @@
+"""The core contract, checked for every baseline core in float64 at tiny sizes: every fast mode
+equals the loop reference (outputs and gradients), chunked calls equal whole ones, step() from
+default_state() equals forward, right padding never changes real outputs or final states, and
+unknown modes are errors naming the choices."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from ssm_lab.cores.ids4 import IDS4
+from ssm_lab.cores.lcde import LinearCDE
+from ssm_lab.cores.mamba import Mamba
+from ssm_lab.cores.rglru import RGLRU
+from ssm_lab.cores.rnn import TorchRecurrentCore
+from ssm_lab.cores.s4 import S4
+from ssm_lab.cores.s4d import S4D
+from ssm_lab.cores.s5 import S5
+from ssm_lab.cores.transformer import CausalSelfAttention
+
+D_MODEL, BATCH, LENGTH = 4, 3, 9
+
+CORES: dict[str, Callable[[int], nn.Module]] = {
+    "rnn": lambda d: TorchRecurrentCore(d, cell="rnn"),
+    "lstm": lambda d: TorchRecurrentCore(d, cell="lstm"),
+    "gru": lambda d: TorchRecurrentCore(d, cell="gru"),
+    "transformer": lambda d: CausalSelfAttention(d, n_heads=2),
+    "s4": lambda d: S4(d, d_state=6),
+    "s4d_legs_zoh": lambda d: S4D(d, d_state=6, init="legs", discretization="zoh"),
+    "s4d_lin_bilinear": lambda d: S4D(d, d_state=6, init="lin", discretization="bilinear"),
+    "s5_zoh": lambda d: S5(d, d_state=6),
+    "s5_bilinear_full": lambda d: S5(d, d_state=5, discretization="bilinear", conjugate_symmetry=False),
+    "s5_dirac": lambda d: S5(d, d_state=6, discretization="dirac"),
+    "mamba": lambda d: Mamba(d, d_state=3, chunk_size=4),
+    "mamba_signed": lambda d: Mamba(d, d_state=3, eigenvalues="signed", chunk_size=4),
+    "rglru": lambda d: RGLRU(d),
+    "ids4": lambda d: IDS4(d, d_state=5),
+    "lcde_exp": lambda d: LinearCDE(d, d_state=5, solver="exp"),
+    "lcde_euler": lambda d: LinearCDE(d, d_state=5, solver="euler", init_std=0.5),
+}
+TIME_VARYING = [name for name, make in CORES.items() if getattr(make(D_MODEL), "time_varying", False)]
+# "adaptive" is a different solver (compared with the exact one below), not a twin of "loop";
+# "kernel" (Mamba's Triton scan) takes CUDA float tensors only: tested under the gpu marker
+SKIPPED = ("adaptive", "kernel")
+ALL_MODES = [(name, mode) for name, make in CORES.items() for mode in make(D_MODEL).modes if mode not in SKIPPED]
+FAST_MODES = [(name, mode) for name, mode in ALL_MODES if mode != "loop"]
+
+
+def build(name: str) -> nn.Module:
+    torch.manual_seed(0)
+    return CORES[name](D_MODEL).double()
+
+
+def inputs(seed: int = 1, length: int = LENGTH) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(BATCH, length, D_MODEL, generator=generator, dtype=torch.float64)
+
+
+def leaves(state) -> list[torch.Tensor]:
+    return [t for s in state for t in leaves(s)] if isinstance(state, tuple) else [state]
+
+
+def assert_close(a, b, atol: float = 1e-9, rtol: float = 1e-7) -> None:
+    for x, y in zip(leaves(a), leaves(b), strict=True):
+        assert x.shape == y.shape
+        torch.testing.assert_close(x, y, atol=atol, rtol=rtol)
+
+
+def scalar(y: torch.Tensor, state) -> torch.Tensor:
+    """A loss touching every output and every state entry, with fixed random weights."""
+    generator = torch.Generator().manual_seed(7)
+    total = (y * torch.randn(y.shape, generator=generator, dtype=y.dtype).to(y.device)).sum()
+    for leaf in leaves(state):
+        if leaf.is_floating_point() or leaf.is_complex():
+            weights = torch.randn(leaf.shape, generator=generator, dtype=torch.float64).to(leaf.device)
+            total = total + (torch.view_as_real(leaf).sum(-1) if leaf.is_complex() else leaf).mul(weights).sum()
+    return total
+
+
+def gradients(core: nn.Module, x: torch.Tensor, mode: str, **kwargs) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    core.zero_grad()
+    x = x.clone().requires_grad_(True)
+    y, state = core(x, mode=mode, **kwargs)
+    scalar(y, state).backward()
+    return x.grad, [p.grad.clone() for p in core.parameters()]
+
+
+def warm_state(core: nn.Module):
+    """A non-trivial state: the final state after a short random prefix."""
+    return core(inputs(seed=5, length=4), mode="loop")[1]
+
+
+@pytest.mark.parametrize(("name", "mode"), FAST_MODES)
+def test_fast_mode_matches_loop_outputs_and_gradients(name, mode):
+    core, x = build(name), inputs()
+    state = warm_state(core)
+    assert_close(core(x, state=state, mode=mode), core(x, state=state, mode="loop"))
+    fast, loop = gradients(core, x, mode), gradients(core, x, "loop")
+    assert_close(fast[0], loop[0])
+    for fast_grad, loop_grad in zip(fast[1], loop[1], strict=True):
+        assert_close(fast_grad, loop_grad)
+
+
+@pytest.mark.parametrize(("name", "mode"), ALL_MODES)
+def test_chunked_equals_whole(name, mode):
+    core, x = build(name), inputs()
+    y_whole, state_whole = core(x, mode=mode)
+    y_first, state = core(x[:, :4], mode=mode)
+    y_second, state = core(x[:, 4:], state=state, mode=mode)
+    assert_close(torch.cat([y_first, y_second], dim=1), y_whole)
+    assert_close(state, state_whole)
+
+
+@pytest.mark.parametrize("name", list(CORES))
+def test_step_from_default_state_matches_forward(name):
+    core, x = build(name), inputs()
+    state = core.default_state(BATCH)
+    outputs = []
+    for t in range(LENGTH):
+        y_t, state = core.step(x[:, t], state)
+        outputs.append(y_t)
+    for mode in core.modes:
+        if mode not in SKIPPED:
+            y, final = core(x, mode=mode)
+            assert_close(torch.stack(outputs, dim=1), y)
+            assert_close(state, final)
+
+
+@pytest.mark.parametrize(("name", "mode"), ALL_MODES)
+def test_padding_never_changes_real_outputs_or_final_state(name, mode):
+    core, x = build(name), inputs()
+    lengths = torch.tensor([LENGTH, 5, 1])
+    padding = torch.arange(LENGTH).unsqueeze(0) >= lengths.unsqueeze(1)
+    other = torch.where(padding.unsqueeze(-1), 100 * inputs(seed=3), x)
+    y, state = core(x, mode=mode, lengths=lengths)
+    y_other, state_other = core(other, mode=mode, lengths=lengths)
+    assert_close(y[~padding], y_other[~padding])
+    assert_close(state, state_other)
+    continuation = inputs(seed=4, length=3)
+    y_next = core(continuation, state=state, mode=mode)[0]
+    for b, length in enumerate(lengths.tolist()):  # each sequence alone, unpadded, then continued
+        y_alone, state_alone = core(x[b : b + 1, :length], mode=mode)
+        assert_close(y[b : b + 1, :length], y_alone)
+        assert_close(y_next[b : b + 1], core(continuation[b : b + 1], state=state_alone, mode=mode)[0])
+        if not isinstance(core, CausalSelfAttention):  # a cache keeps (masked) padding: compared by continuation
+            assert_close(tuple(leaf[b : b + 1] for leaf in leaves(state)), tuple(leaves(state_alone)))
+
+
+@pytest.mark.parametrize("name", list(CORES))
+def test_unknown_mode_is_an_error_naming_the_choices(name):
+    core = build(name)
+    with pytest.raises(ValueError, match="bogus") as error:
+        core(inputs(), mode="bogus")
+    for mode in core.modes:
+        assert mode in str(error.value)
+
+
+@pytest.mark.parametrize("name", list(CORES))
+def test_wrong_input_width_is_an_error(name):
+    with pytest.raises(ValueError, match=r"\(B, L, 4\)"):
+        build(name)(torch.zeros(2, 3, 5, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("name", TIME_VARYING)
+def test_unit_timesteps_equal_the_regular_grid(name):
+    core, x = build(name), inputs()
+    assert_close(core(x, integration_timesteps=torch.ones(BATCH, LENGTH, dtype=torch.float64)), core(x))
+
+
+@pytest.mark.parametrize(("name", "mode"), [(n, m) for n, m in FAST_MODES if n in TIME_VARYING])
+def test_irregular_timesteps_fast_mode_matches_loop(name, mode):
+    core, x = build(name), inputs()
+    timesteps = 0.1 + torch.rand(BATCH, LENGTH, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    fast = core(x, mode=mode, integration_timesteps=timesteps)
+    assert_close(fast, core(x, mode="loop", integration_timesteps=timesteps))
+    assert not torch.allclose(fast[0], core(x, mode=mode)[0])  # the timesteps are used, not ignored
+
+
+@pytest.mark.parametrize("name", TIME_VARYING)
+def test_bad_timesteps_are_errors(name):
+    core, x = build(name), inputs()
+    with pytest.raises(ValueError, match="integration_timesteps must be"):
+        core(x, integration_timesteps=torch.ones(BATCH, LENGTH + 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="positive"):
+        core(x, integration_timesteps=torch.zeros(BATCH, LENGTH, dtype=torch.float64))
+
+
+def test_adaptive_solver_agrees_with_the_exact_exponential():
+    core, x = build("lcde_exp"), inputs()
+    timesteps = 0.1 + torch.rand(BATCH, LENGTH, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    exact = core(x, mode="scan", integration_timesteps=timesteps)
+    assert_close(core(x, mode="adaptive", integration_timesteps=timesteps), exact, atol=1e-6, rtol=1e-5)
+    core.solver = "euler"  # a first-order step is visibly off: the comparison can fail
+    assert not torch.allclose(core(x, mode="scan", integration_timesteps=timesteps)[0], exact[0], atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["mamba", "mamba_signed"])
+def test_mamba_kernel_mode_matches_loop_on_gpu(name):
+    torch.manual_seed(0)
+    core = CORES[name](D_MODEL).cuda()
+    x = inputs().float().cuda()
+    state = core(inputs(seed=5, length=4).float().cuda(), mode="loop")[1]
+    kernel, loop = core(x, state=state, mode="kernel"), core(x, state=state, mode="loop")
+    assert_close(kernel, loop, atol=1e-4, rtol=1e-4)
+    core.zero_grad()
+    scalar(*core(x, mode="kernel")).backward()
+    kernel_grads = [p.grad.clone() for p in core.parameters()]
+    core.zero_grad()
+    scalar(*core(x, mode="loop")).backward()
+    for ours, theirs in zip(kernel_grads, [p.grad for p in core.parameters()], strict=True):
+        assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_mamba_kernel_mode_off_the_gpu_is_an_error():
+    with pytest.raises(ValueError, match="kernel"):
+        build("mamba")(inputs(), mode="kernel")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: TorchRecurrentCore(4, cell="elman"), "unknown cell 'elman'; choose one of rnn, lstm, gru"),
+        (lambda: TorchRecurrentCore(0), "d_model must be a positive integer"),
+        (lambda: CausalSelfAttention(6, n_heads=4), "n_heads must be a positive divisor of d_model=6"),
+        (lambda: RGLRU(4, r_min=0.99, r_max=0.9), "need 0 < r_min < r_max < 1"),
+        (lambda: RGLRU(4, c=0.0), "c must be positive"),
+        (lambda: IDS4(4, d_state=0), "d_state must be a positive integer"),
+        (lambda: IDS4(4, input_dependence_std=-1.0), "input_dependence_std must be >= 0"),
+    ],
+)
+def test_bad_core_options_are_errors(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()

@@ -1,0 +1,269 @@
+"""experiments/: each figure's plot() on synthetic run tables, the min-depth logic, the growing
+A5 sweep, the exact multirun cover of missing runs, missing runs named on the figure, and one
+end-to-end `make figures SCALE=smoke` (a5_min_depth, shrunk) on a fresh results dir."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from experiments import a5_min_depth, listops, robustness, sysid, toy_signature
+from experiments.__main__ import main
+from experiments.harness import Run, Session, cartesian_blocks, make_figure, markdown_table, run
+from ssm_lab.config import compose_config
+from ssm_lab.data.sysid.benchmarks import BENCHMARKS
+from ssm_lab.results import CONFIG, write_summary
+from ssm_lab.results import run_dir as run_dir_of
+
+
+def a5_runs(results: dict[tuple[str, int, int], float]) -> pd.DataFrame:
+    """A gather-like table: best val accuracy per (model, length, depth)."""
+    rows = [
+        {"run_dir": f"r{i}", "choices.model": m, "data.seq_len": length, "model.n_layers": d, "best.val/accuracy": a}
+        for i, ((m, length, d), a) in enumerate(results.items())
+    ]
+    return pd.DataFrame(rows)
+
+
+def test_min_depth_is_the_first_depth_crossing_90_percent_or_beyond_max():
+    runs = a5_runs(
+        {
+            ("lcde", 3, 1): 0.99,  # crosses at once
+            ("mamba", 3, 1): 0.5, ("mamba", 3, 2): 0.91, ("mamba", 3, 3): 0.95,  # first crossing is 2
+            ("s4", 3, 1): 0.3, ("s4", 3, 2): 0.899, ("s4", 3, 3): 0.89,  # never: "> 3"
+            ("rnn", 3, 1): float("nan"), ("rnn", 3, 2): 0.9,  # a diverged run learnt nothing; 0.9 counts
+            ("tv", 3, 2): 0.97,  # depth 1 never ran: the minimum is unknown
+            ("lru", 3, 1): 0.2,  # stopped below max depth: unknown
+        }
+    )  # fmt: skip
+    depths = a5_min_depth.minimum_depths(runs, max_depth=3).set_index("model")
+    assert depths.loc["lcde", "min_depth"] == 1 and depths.loc["lcde", "reached"] == "yes"
+    assert depths.loc["mamba", "min_depth"] == 2
+    assert math.isnan(depths.loc["s4", "min_depth"]) and depths.loc["s4", "reached"] == "> 3"
+    assert depths.loc["rnn", "min_depth"] == 2
+    assert depths.loc["tv", "reached"] == "unknown" and depths.loc["lru", "reached"] == "unknown"
+
+    drawing = a5_min_depth.plot(runs, max_depth=3)
+    table = drawing.tables["table"].set_index("model")
+    assert table["L=3"].to_dict() == {"lcde": "1", "mamba": "2", "s4": "> 3", "rnn": "2", "tv": "?", "lru": "?"}
+    axis = drawing.figures["figure"].axes[0]
+    assert [t.get_text() for t in axis.get_yticklabels()] == ["1", "2", "3", "> 3"]
+    assert len(axis.lines) == 4  # the two unknown pairs are not drawn as if known
+
+
+def test_a5_sweep_goes_deeper_only_where_the_shallower_model_failed():
+    sweep = a5_min_depth.SWEEPS["small"]
+    first = a5_min_depth.needed_runs("small", pd.DataFrame(columns=["run_dir"]))
+    assert len(first) == len(a5_min_depth.MODELS) * len(sweep["lengths"])
+    assert {r.settings["model.n_layers"] for r in first} == {"1"}
+
+    failing = {(m, n, 1): 0.95 if m == "lcde" else 0.1 for m in a5_min_depth.MODELS for n in sweep["lengths"]}
+    second = a5_min_depth.needed_runs("small", a5_runs(failing))
+    deeper = [r for r in second if r.settings["model.n_layers"] == "2"]
+    assert len(deeper) == (len(a5_min_depth.MODELS) - 1) * len(sweep["lengths"])
+    assert all(r.model != "lcde" for r in deeper)
+
+    everything_fails = {(m, n, d): 0.1 for m in a5_min_depth.MODELS for n in sweep["lengths"] for d in range(1, 10)}
+    last = a5_min_depth.needed_runs("small", a5_runs(everything_fails))
+    assert max(int(r.settings["model.n_layers"]) for r in last) == sweep["max_depth"]
+
+
+def toy_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
+    rows, curves = [], []
+    variants = [("mamba", 1, "glu", True), ("mamba", 1, "glu", False), ("lcde", 1, "none", True)]
+    for index, (dim, (model, depth, mixing, nonlinear)) in enumerate(itertools.product((2, 3), variants)):
+        config = {"choices.model": model, "data.dim": dim, "model.n_layers": depth, "model.mixing": mixing}
+        rows.append(
+            {"run_dir": f"r{index}", **config, "model.nonlinear": nonlinear, "final.val/rmse": 0.1 * (index + 1)}
+        )
+        curves += [
+            {"run_dir": f"r{index}", "step": s, "split": "val", "metric": "rmse", "value": 1.0 / s} for s in (20, 40)
+        ]
+    for dim in (2, 3):
+        rows.append({"run_dir": f"l2n{dim}", "choices.model": "l2n", "data.dim": dim, "model.n_layers": 2,
+                     "model.ff": "LGLU", "final.val/rmse": 0.05})  # fmt: skip
+        rows.append({"run_dir": f"rf{dim}", "choices.model": "lcde_random_ols", "data.dim": dim, "model.n_layers": 1,
+                     "model.mixing": "none", "model.nonlinear": True, "final.val/rmse": 0.3})  # fmt: skip
+    return pd.DataFrame(rows), pd.DataFrame(curves)
+
+
+def test_toy_signature_plot_draws_curves_per_dimension_with_baselines():
+    runs, curves = toy_tables()
+    drawing = toy_signature.plot(runs, curves, zero_rmse={2: 0.4, 3: 0.2})
+    axes = drawing.figures["figure"].axes
+    assert len(axes) == 2
+    labels = [line.get_label() for line in axes[0].lines]
+    assert "mamba x1 (glu)" in labels and "mamba x1 (linear)" in labels and "lcde x1 (no mixing)" in labels
+    assert "l2n x2 (LGLU)" in labels
+    assert "predict zero" in labels and "random LCDE + least squares" in labels
+    zero = next(line for line in axes[1].lines if line.get_label() == "predict zero")
+    assert zero.get_ydata()[0] == 0.2
+    table = drawing.tables["table"].set_index("variant")
+    assert table.loc["predict zero", "val RMSE 2D"] == 0.4
+    assert table.loc["lcde_random_ols x1 (no mixing)", "val RMSE 3D"] == pytest.approx(0.3)
+    assert len(table) == 6  # 3 variants, l2n, the random features and predict zero
+
+
+def sysid_runs() -> pd.DataFrame:
+    rows = []
+    for i, (benchmark, model) in enumerate(itertools.product(("silverbox", "emps"), ("l2n", "lstm"))):
+        rows.append({"run_dir": f"r{i}", "choices.data": benchmark, "choices.model": model, "status": "completed",
+                     "final.test/rmse": 1.0 + i, "certified_gain": 3.0 if model == "l2n" else np.nan})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def test_sysid_table_has_a_row_per_model_with_units_and_gains():
+    runs = sysid_runs()
+    assert list(sysid.best_runs(runs)["choices.model"]) == ["l2n", "l2n"]
+    traces = {"silverbox": ("l2n", np.sin(np.arange(50.0)), np.sin(np.arange(50.0)) + 0.1)}
+    drawing = sysid.plot(runs, traces)
+    table = drawing.tables["table"].set_index("model")
+    assert list(table.index) == ["l2n", "lstm"]
+    assert table.loc["lstm", "emps RMSE (mm)"] == 4.0 and table.loc["l2n", "silverbox RMSE (mV)"] == 1.0
+    assert table.loc["l2n", "emps gain bound"] == 3.0 and math.isnan(table.loc["lstm", "emps gain bound"])
+    assert set(drawing.figures) == {"rmse", "predictions"}
+    assert len(drawing.figures["predictions"].axes[0].lines) == 3  # measured, simulated, error
+
+
+def test_sysid_simulation_from_the_checkpoint_reproduces_the_recorded_test_rmse(train, make_config):
+    overrides = ("experiment=sysid", "model=lstm")
+    summary = train(*overrides)
+    run_dir = run_dir_of(make_config(*overrides))
+    measured, predicted = sysid.simulate_test_record(str(run_dir))
+    warmup = BENCHMARKS["silverbox"].warmup
+    rmse = float(np.sqrt(np.mean((measured[warmup:] - predicted[warmup:]) ** 2)))
+    assert rmse == pytest.approx(summary["final"]["test/rmse"], rel=1e-4)
+
+
+def test_listops_table_averages_seeds_per_model():
+    runs = pd.DataFrame(
+        {"choices.model": ["s4", "s4", "transformer"], "seed": [0, 1, 0], "parameters": [10, 10, 20],
+         "final.test/accuracy": [0.5, 0.7, 0.3]}
+    )  # fmt: skip
+    table = listops.plot(runs).tables["table"]
+    assert list(table["model"]) == ["s4", "transformer"]
+    assert table["test accuracy"].tolist() == pytest.approx([0.6, 0.3])
+    assert table["seeds"].tolist() == [2, 1]
+
+
+def test_robustness_flags_whether_each_bound_held():
+    runs = pd.DataFrame(
+        {"choices.model": ["l2n", "l2n", "tv"], "model.gamma": [np.nan, 1.0, 1.0],
+         "certified_gain": [5.0, 1.0, 1.0], "empirical_gain": [2.0, 0.5, 1.5], "final.test/rmse": [0.1, 0.3, 0.2]}
+    )  # fmt: skip
+    drawing = robustness.plot(runs)
+    table = drawing.tables["table"]
+    assert table["bound holds"].tolist() == [True, True, False]
+    assert len(drawing.figures["figure"].axes) == 2
+
+
+def product(block: dict[str, list[str]]) -> set[tuple[tuple[str, str], ...]]:
+    return {tuple(zip(block, values, strict=True)) for values in itertools.product(*block.values())}
+
+
+def test_missing_runs_are_covered_exactly_by_multirun_blocks():
+    grid = [run(model=m, **{"data.seq_len": n}) for m in ("lru", "rnn", "s4") for n in (3, 5)]
+    assert cartesian_blocks(grid) == [{"model": ["lru", "rnn", "s4"], "data.seq_len": ["3", "5"]}]
+    holes = [r for r in grid if str(r) != "model=s4 data.seq_len=5"] + [run(model="tv", **{"model.gamma": 1.0})]
+    blocks = cartesian_blocks(holes)
+    covered = [key for block in blocks for key in product(block)]
+    assert len(covered) == len(set(covered)) == len(holes)  # every run launched once, nothing more
+    assert set(covered) == {tuple(r.settings.items()) for r in holes}
+
+
+def write_record(session: Session, experiment: str, needed: Run, summary: dict) -> None:
+    """A finished run record as train.run writes it, without training (for the harness alone)."""
+    path = session.run_path(experiment, needed)
+    path.mkdir(parents=True)
+    cfg = compose_config((*session.base_overrides(experiment), *needed.overrides))
+    (path / CONFIG).write_text(OmegaConf.to_yaml(cfg))
+    write_summary(path, {"status": "completed", "seed": 0, **summary})
+
+
+def test_missing_runs_are_named_and_the_figure_marked_incomplete(tmp_path):
+    lines: list[str] = []
+    session = Session("smoke", tmp_path / "results", tmp_path / "data", models=("lru",), launch=False, log=lines.append)
+    first = run(model="lru", **{"model.n_layers": 1, "data.seq_len": 3})
+    write_record(session, "a5_min_depth", first, {"best": {"val/accuracy": 0.95}})
+
+    written, missing = make_figure(a5_min_depth, session)
+
+    assert [str(r) for r in missing] == ["model=lru model.n_layers=1 data.seq_len=5"]
+    figures = tmp_path / "results" / "figures"
+    assert (figures / "a5_min_depth.missing.txt").read_text() == "missing: model=lru model.n_layers=1 data.seq_len=5\n"
+    assert any("missing run: model=lru model.n_layers=1 data.seq_len=5" in line for line in lines)
+    assert {p.name for p in written} >= {"a5_min_depth_figure.png", "a5_min_depth_figure.pdf", "a5_min_depth_table.csv"}
+    table = pd.read_csv(figures / "a5_min_depth_table.csv", dtype=str).set_index("model")
+    assert table.loc["lru", "L=3"] == "1"
+
+
+def test_models_without_a_config_are_reported_not_dropped(tmp_path):
+    lines: list[str] = []
+    figure = SimpleNamespace(
+        __name__="experiments.fake", EXPERIMENT="a5_min_depth", draw=None,
+        needed_runs=lambda scale, done: [run(model="no_such_model")],
+    )  # fmt: skip
+    session = Session("smoke", tmp_path / "results", tmp_path / "data", launch=False, log=lines.append)
+    written, missing = make_figure(figure, session)
+    assert missing == []
+    assert "skipped model 'no_such_model': no configs/model/no_such_model.yaml" in " ".join(lines)
+    note = tmp_path / "results" / "figures" / "fake.missing.txt"
+    assert written == [note] and "unavailable model (no config): model=no_such_model" in note.read_text()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"), [("scale", "huge", "smoke, small, paper"), ("launcher", "slurmm", "slurm")]
+)
+def test_bad_scale_or_launcher_names_the_allowed_ones(tmp_path, key, value, allowed):
+    settings = {"scale": "smoke", "launcher": "basic", key: value}
+    with pytest.raises(ValueError, match=f"unknown {key} '{value}'; choose one of .*{allowed}"):
+        Session(settings["scale"], tmp_path, tmp_path, launcher=settings["launcher"])
+
+
+def test_markdown_table_escapes_and_formats():
+    table = pd.DataFrame({"model": ["a|b"], "rmse": [0.123456], "gain": [np.nan]})
+    assert markdown_table(table).splitlines() == ["| model | rmse | gain |", "|---|---|---|", "| a\\|b | 0.1235 |  |"]
+
+
+def test_make_figures_smoke_end_to_end_then_redraws_without_training(tmp_path, monkeypatch, capfd):
+    """`make figures SCALE=smoke FIG=a5_min_depth` on a fresh results dir, the sweep shrunk to
+    one length and depth so that it trains two runs (about a minute on 2 CPU cores)."""
+    monkeypatch.setenv("CI", "1")
+    monkeypatch.setitem(a5_min_depth.SWEEPS, "smoke", {"lengths": (3,), "max_depth": 1})
+    results = tmp_path / "results"
+    arguments = ["--scale", "smoke", "--figure", "a5_min_depth", "--models", "lru,rnn",
+                 "--results-dir", str(results), "--data-dir", str(tmp_path / "data")]  # fmt: skip
+
+    assert main(arguments) == 0
+    output = capfd.readouterr().out
+    assert output.count("[ssm_lab] completed:") == 2
+    figures = results / "figures"
+    names = {"a5_min_depth_figure.png", "a5_min_depth_figure.pdf", "a5_min_depth_table.csv", "a5_min_depth_table.md"}
+    assert {p.name for p in figures.iterdir()} == names
+    table = pd.read_csv(figures / "a5_min_depth_table.csv", dtype=str)
+    assert sorted(table["model"]) == ["lru", "rnn"]
+    assert set(table["L=3"]) <= {"1", "> 1"}
+    assert (figures / "a5_min_depth_table.md").read_text().count("\n") == 4  # header, rule, two models
+
+    assert main(arguments) == 0
+    again = capfd.readouterr().out
+    assert "launching" not in again and "[ssm_lab] completed:" not in again
+    assert f"wrote {figures / 'a5_min_depth_figure.pdf'}" in again
+
+
+def test_every_figure_has_a_preset_and_a_sweep_per_scale():
+    from experiments.__main__ import FIGURES
+    from ssm_lab.config import CONFIG_DIR
+
+    for name, module in FIGURES.items():
+        assert (CONFIG_DIR / "experiment" / f"{module.EXPERIMENT}.yaml").exists(), name
+        assert module.__doc__ and "Claim tested" in module.__doc__, name
+        for scale in ("smoke", "small", "paper"):
+            needed = module.needed_runs(scale, pd.DataFrame(columns=["run_dir"]))
+            assert needed and all(isinstance(r, Run) for r in needed), (name, scale)

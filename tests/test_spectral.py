@@ -1,0 +1,88 @@
+"""The Gram-iteration spectral norm bound is never below the exact norm, and is tight."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ssm_lab.ops.spectral import normalize_to_contraction, spectral_norm_bound
+
+
+def exact_norm(matrix: torch.Tensor) -> float:
+    return float(torch.linalg.matrix_norm(matrix.to(torch.complex128 if matrix.is_complex() else torch.float64), ord=2))
+
+
+def with_singular_values(values: list[float], rows: int, cols: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    U, _ = torch.linalg.qr(torch.randn(rows, rows, generator=generator, dtype=torch.float64))
+    V, _ = torch.linalg.qr(torch.randn(cols, cols, generator=generator, dtype=torch.float64))
+    S = torch.zeros(rows, cols, dtype=torch.float64)
+    S[range(len(values)), range(len(values))] = torch.tensor(values, dtype=torch.float64)
+    return (U @ S @ V.T).float()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64])
+def test_bound_is_above_the_exact_norm_for_random_matrices(dtype):
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        rows, cols = torch.randint(1, 48, (2,), generator=generator).tolist()
+        scale = 10 ** (8 * torch.rand((), generator=generator).item() - 4)
+        matrix = (scale * torch.randn(rows, cols, generator=generator, dtype=torch.float64)).to(dtype)
+        if dtype.is_complex:
+            matrix = matrix + 1j * scale * torch.randn(rows, cols, generator=generator)
+        bound, exact = float(spectral_norm_bound(matrix)), exact_norm(matrix)
+        assert bound >= exact
+        assert bound <= exact * min(rows, cols) ** (1 / 2**9) * (1 + 1e-5)  # rank^(1/2^(T+1)), T = 8
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [3.0],  # rank one: Frobenius = spectral, the bound has no slack but rounding
+        [1.0] * 16,  # all equal: the worst case of the tightness factor
+        [1.0, 1.0 - 1e-7, 1.0 - 2e-7, 0.5],  # nearly repeated top values
+        [1e30, 1e29],  # near the float32 overflow of the squares
+        [1e-30, 1e-31],  # below sqrt of the smallest normal float32
+    ],
+)
+def test_bound_is_above_the_exact_norm_for_adversarial_spectra(values):
+    matrix = with_singular_values(values, 20, 17)
+    assert float(spectral_norm_bound(matrix)) >= exact_norm(matrix)
+
+
+def test_gradient_search_for_an_underestimate_fails():
+    """Minimise bound / exact norm over the matrix itself: the ratio never drops below 1."""
+    matrix = torch.randn(12, 9, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    optimizer = torch.optim.Adam([matrix], lr=0.05)
+    for _ in range(80):
+        ratio = spectral_norm_bound(matrix) / torch.linalg.matrix_norm(matrix, ord=2)
+        assert exact_norm(matrix.detach()) <= float(spectral_norm_bound(matrix.detach()))
+        optimizer.zero_grad()
+        ratio.backward()
+        optimizer.step()
+
+
+def test_bound_gradient_matches_finite_differences():
+    matrix = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda w: spectral_norm_bound(w, iterations=6), (matrix,))
+
+
+def test_normalize_to_contraction_certifies_the_result():
+    generator = torch.Generator().manual_seed(2)
+    for scale in (1e-3, 0.5, 1.0, 7.0, 1e4):
+        matrix = scale * torch.randn(30, 20, generator=generator)
+        contraction, certified = normalize_to_contraction(matrix)
+        assert exact_norm(contraction) <= float(certified) <= 1.0
+    small = 0.1 * with_singular_values([1.0, 0.5], 6, 6)
+    contraction, certified = normalize_to_contraction(small)
+    torch.testing.assert_close(contraction, small, rtol=1e-5, atol=0)  # a contraction maps (almost) to itself
+    assert float(certified) < 0.11
+
+
+@pytest.mark.parametrize(
+    ("matrix", "iterations", "message"),
+    [(torch.ones(3), 8, "matrix"), (torch.ones(2, 3, 4), 8, "matrix"), (torch.ones(3, 3), 0, "iterations")],
+)
+def test_bad_input_is_rejected(matrix, iterations, message):
+    with pytest.raises(ValueError, match=message):
+        spectral_norm_bound(matrix, iterations)

@@ -1,0 +1,136 @@
+"""Hydra multirun through the real entry point (`python run_experiment.py -m ...`, scale=smoke):
+parallel runs with the joblib launcher, relaunched sweeps that skip completed runs, and two
+sweeps at once into one results_dir, where every run is trained by exactly one process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
+from hydra.plugins.launcher import Launcher
+from hydra.utils import get_class
+from omegaconf import DictConfig
+
+from ssm_lab.config import CONFIG_DIR
+from ssm_lab.results import final_and_best, gather, read_metrics, read_summary
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP_TIMEOUT_S = 600
+
+
+def sweep_command(results_dir: Path, *overrides: str) -> list[str]:
+    return [
+        sys.executable, "run_experiment.py", "-m", "scale=smoke", "logger=none",
+        f"results_dir={results_dir}", f"data_dir={results_dir.parent / 'data'}", *overrides,
+    ]  # fmt: skip
+
+
+def sweep_env() -> dict[str, str]:
+    return {**os.environ, "CI": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def run_sweep(results_dir: Path, *overrides: str) -> str:
+    """Runs a sweep to the end; returns its output, failing the test (with the output) if it fails."""
+    done = subprocess.run(
+        sweep_command(results_dir, *overrides), cwd=REPO, env=sweep_env(), capture_output=True, text=True,
+        timeout=SWEEP_TIMEOUT_S,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout + done.stderr
+
+
+def run_dirs_by_seed(results_dir: Path) -> dict[int, Path]:
+    return {read_summary(path)["seed"]: path for path in sorted((results_dir / "runs" / "default").iterdir())}
+
+
+def assert_complete_record(path: Path) -> None:
+    """A finished run's files agree with each other: one row per (step, split, metric), the last
+    step is the budget, and the summary's metrics are those of metrics.csv."""
+    summary, rows = read_summary(path), read_metrics(path)
+    assert summary["status"] == "completed", summary
+    assert summary["steps"] == 40
+    keys = [(row["step"], row["split"], row["metric"]) for row in rows]
+    assert len(keys) == len(set(keys)), f"duplicate metric rows in {path}"
+    assert max(step for step, _, _ in keys) == 40
+    assert (summary["final"], summary["best"]) == final_and_best(rows)
+    assert (path / "config.yaml").exists()
+
+
+def test_joblib_sweep_then_two_concurrent_relaunches_train_each_run_once(tmp_path):
+    results = tmp_path / "results"
+    output = run_sweep(results, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1")
+    assert "Joblib.Parallel" in output  # the runs went through joblib's workers
+    first = run_dirs_by_seed(results)
+    assert sorted(first) == [0, 1]
+    for path in first.values():
+        assert_complete_record(path)
+    written = {seed: (path / "summary.json").stat().st_mtime_ns for seed, path in first.items()}
+
+    # The same sweep, grown by two seeds, launched twice at once: completed runs are skipped by
+    # both, and each new run is trained by one of them while the other skips or waits it out.
+    sweeps = [
+        subprocess.Popen(
+            sweep_command(results, "seed=0,1,2,3"), cwd=REPO, env=sweep_env(), stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    outputs = [sweep.communicate(timeout=SWEEP_TIMEOUT_S)[0] for sweep in sweeps]
+    for sweep, output in zip(sweeps, outputs, strict=True):
+        assert sweep.returncode == 0, output
+
+    paths = run_dirs_by_seed(results)
+    assert sorted(paths) == [0, 1, 2, 3]
+    for seed, path in paths.items():
+        assert_complete_record(path)
+        trained_by = sum(output.count(f"[ssm_lab] completed: {path}\n") for output in outputs)
+        if seed in first:
+            assert trained_by == 0
+            assert (path / "summary.json").stat().st_mtime_ns == written[seed]
+            assert all(f"run already complete, skipped: {path}" in output for output in outputs)
+        else:
+            assert trained_by == 1, outputs
+    table = gather(results)
+    assert sorted(table["seed"]) == [0, 1, 2, 3]
+    assert set(table["status"]) == {"completed"}
+
+
+def launcher_config(*overrides: str, config_dir: Path = CONFIG_DIR) -> DictConfig:
+    """hydra.launcher of `run_experiment.py -m OVERRIDES`, as the launcher plugin receives it."""
+    with initialize_config_dir(str(config_dir), version_base="1.3"):
+        cfg = compose("config", overrides=["scale=smoke", *overrides], return_hydra_config=True)
+    return cfg.hydra.launcher
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local", "submitit_slurm"])
+def test_launcher_configs_build_their_plugins(launcher):
+    assert issubclass(get_class(launcher_config(f"hydra/launcher={launcher}")._target_), Launcher)
+
+
+def test_slurm_launcher_runs_one_task_per_ddp_process():
+    assert launcher_config("hydra/launcher=submitit_slurm").tasks_per_node == 1
+    assert launcher_config("hydra/launcher=submitit_slurm", "trainer=ddp", "trainer.devices=4").tasks_per_node == 4
+
+
+def test_slurm_site_values_come_from_configs_local(tmp_path):
+    config_dir = tmp_path / "configs"
+    shutil.copytree(CONFIG_DIR, config_dir, ignore=shutil.ignore_patterns("local"))
+    assert launcher_config("hydra/launcher=submitit_slurm", config_dir=config_dir).partition is None
+    (config_dir / "local").mkdir()
+    shutil.copy(CONFIG_DIR.parent / "configs" / "local.example" / "slurm.yaml", config_dir / "local" / "slurm.yaml")
+    site = launcher_config("hydra/launcher=submitit_slurm", "hydra.launcher.cpus_per_task=3", config_dir=config_dir)
+    assert (site.partition, site.account, site.gpus_per_node) == ("gpu", "my_lab", 1)
+    assert site.cpus_per_task == 3  # the command line still wins over the site file
+
+
+def test_unknown_launcher_names_the_available_ones():
+    with pytest.raises(MissingConfigException, match="hydra/launcher/slurm") as error:
+        launcher_config("hydra/launcher=slurm")
+    for choice in ("basic", "joblib", "submitit_local", "submitit_slurm"):
+        assert choice in str(error.value)
