@@ -4,6 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 ARGS ?=
+SCALE ?= smoke
+FIG ?=
+LAUNCHER ?= basic
+RESULTS_DIR ?= results
 
 .DEFAULT_GOAL := help
 
@@ -34,7 +38,10 @@ bench-overhead: install ## Lightning step time vs a bare PyTorch loop (benchmark
 plot: install ## learning curves of the runs in results/ (ARGS="--filter model=lru")
 	$(BIN)/python plot_results.py $(ARGS)
 
+figures: install ## run what the paper figures still need and draw them into $(RESULTS_DIR)/figures (SCALE=smoke|small|paper FIG=a5_min_depth LAUNCHER=slurm)
+	$(BIN)/python -m experiments --scale $(SCALE) $(if $(FIG),--figure $(FIG)) --launcher $(LAUNCHER) --results-dir $(RESULTS_DIR) $(ARGS)
+
 clean: ## remove caches (never results/ or data_dir/)
 	rm -rf .pytest_cache .ruff_cache build *.egg-info
 
-.PHONY: help install run test lint bench-overhead plot clean
+.PHONY: help install run test lint bench-overhead plot figures clean

@@ -35,8 +35,8 @@ def test_run_learns_easy_a5_and_writes_its_record(make_config, train):
 
 def test_run_id_is_readable_and_follows_the_config(make_config):
     base, seeded, wider = make_config(), make_config("seed=3"), make_config("model.d_model=16")
-    assert run_dir(base).name.startswith("lru-A5-s0-")
-    assert run_dir(seeded).name.startswith("lru-A5-s3-")
+    assert run_dir(base).name.startswith("l2n-A5-s0-")
+    assert run_dir(seeded).name.startswith("l2n-A5-s3-")
     assert len({run_dir(c).name for c in (base, seeded, wider)}) == 3
     assert run_dir(make_config()) == run_dir(base)  # same config, same folder: never a timestamp
     assert run_dir(make_config("logger=csv")) == run_dir(base)  # where it is logged is not what it computes

@@ -38,27 +38,50 @@ class EpochSampler(Sampler[int]):
     step), not from Lightning's epoch counter, which is off by one after resuming from a
     checkpoint saved at an epoch's end."""
 
-    def __init__(self, dataset_size: int, num_samples: int, seed: int, epoch_index: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        dataset_size: int,
+        num_samples: int,
+        seed: int,
+        epoch_index: Callable[[], int],
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         if dataset_size <= 0 or num_samples <= 0:
             raise ValueError(f"need a non-empty dataset and epoch, got {dataset_size} items, {num_samples} samples")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         self.dataset_size, self.num_samples, self.seed, self.epoch_index = dataset_size, num_samples, seed, epoch_index
+        self.rank, self.world_size = rank, world_size
 
     def __len__(self) -> int:
-        return self.num_samples
+        return self.num_samples // self.world_size
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch_index())
         repeats = -(-self.num_samples // self.dataset_size)
         order = torch.cat([torch.randperm(self.dataset_size, generator=generator) for _ in range(repeats)])
-        return iter(order[: self.num_samples].tolist())
+        # Rank r takes every world_size-th index: its k-th batch of batch_size / world_size items
+        # and the other ranks' k-th batches together make the single-process k-th batch.
+        return iter(order[: self.num_samples][self.rank :: self.world_size].tolist())
 
 
 def train_loader(
-    dataset: Dataset, batch_size: int, steps_per_epoch: int, seed: int, epoch_index: Callable[[], int]
+    dataset: Dataset,
+    batch_size: int,
+    steps_per_epoch: int,
+    seed: int,
+    epoch_index: Callable[[], int],
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
-    """An epoch of exactly ``steps_per_epoch`` full batches, reproducible by (seed, epoch_index())."""
-    sampler = EpochSampler(len(dataset), batch_size * steps_per_epoch, seed, epoch_index)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True)
+    """An epoch of exactly ``steps_per_epoch`` full batches, reproducible by (seed, epoch_index()).
+    Under DDP ``batch_size`` is the global batch: each of the ``world_size`` processes loads its
+    ``batch_size / world_size`` share, so the optimisation does not change with the device count."""
+    if batch_size % world_size:
+        raise ValueError(f"batch_size {batch_size} must be divisible by the {world_size} processes of a DDP run")
+    sampler = EpochSampler(len(dataset), batch_size * steps_per_epoch, seed, epoch_index, rank, world_size)
+    return DataLoader(dataset, batch_size=batch_size // world_size, sampler=sampler, drop_last=True)
 
 
 def eval_loader(dataset: Dataset, batch_size: int) -> DataLoader:
@@ -98,8 +121,11 @@ class SplitDataModule(L.LightningDataModule):
                 self.datasets[split] = self.build_split(split)
 
     def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         return train_loader(
-            self.datasets["train"], self.batch_size, self.steps_per_epoch, self.shuffle_seed, self.epoch_index
+            self.datasets["train"], self.batch_size, self.steps_per_epoch, self.shuffle_seed, self.epoch_index,
+            rank, world_size,
         )
 
     def epoch_index(self) -> int:

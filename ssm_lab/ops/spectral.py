@@ -49,7 +49,9 @@ def spectral_norm_bound(matrix: Tensor, iterations: int = 8) -> Tensor:
     bound = torch.exp(log_bound) * (1 + _FLOAT64_MARGIN)
     rounded = bound.to(out_dtype)
     # rounding to a lower precision may go down by half an ulp: step up one ulp
-    return torch.nextafter(rounded, torch.tensor(float("inf"), dtype=out_dtype, device=rounded.device))
+    # nextafter has no derivative on some torch builds: round up the value, pass the gradient straight through
+    up = torch.nextafter(rounded.detach(), torch.tensor(float("inf"), dtype=out_dtype, device=rounded.device))
+    return rounded + (up - rounded.detach())
 
 
 def normalize_to_contraction(matrix: Tensor, iterations: int = 8) -> tuple[Tensor, Tensor]:
