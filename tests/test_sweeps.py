@@ -134,3 +134,13 @@ def test_unknown_launcher_names_the_available_ones():
         launcher_config("hydra/launcher=slurm")
     for choice in ("basic", "joblib", "submitit_local", "submitit_slurm"):
         assert choice in str(error.value)
+
+
+def test_a_sweep_with_zero_runs_is_an_error(tmp_path):
+    done = subprocess.run(
+        sweep_command(tmp_path / "results", "seed=range(0,0)"), cwd=REPO, env=sweep_env(), capture_output=True,
+        text=True, timeout=SWEEP_TIMEOUT_S,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert "the sweep launched zero runs" in done.stderr and "seed=range(0,0)" in done.stderr
+    assert not (tmp_path / "results" / "runs").exists()
