@@ -18,17 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import Tensor, nn
 
 from ssm_lab.data.spec import TaskSpec
 from ssm_lab.layers.glu import GLU
 from ssm_lab.layers.mlp import MLP
+from ssm_lab.models.pooling import POOLS, pool_sequence
 
 NORMS = ("pre", "post", "none")
 MIXINGS = ("glu", "mlp", "none")
 ENCODERS = ("auto", "embedding", "linear")
-POOLS = ("mean", "last")
 READOUTS = ("trained", "least_squares")
 
 
@@ -155,18 +154,10 @@ class Backbone(nn.Module):
         for block in self.blocks:
             x, _ = block(x, mode=self.mode, lengths=lengths, integration_timesteps=integration_timesteps)
         x = self.final_norm(x)
-        return x if self.spec.per_step else self._pool(x, lengths)
+        return x if self.spec.per_step else pool_sequence(x, lengths, self.pool)
 
     def forward(
         self, inputs: Tensor, lengths: Tensor | None = None, integration_timesteps: Tensor | None = None
     ) -> Tensor:
         return self.decoder(self.features(inputs, lengths, integration_timesteps))
 
-    def _pool(self, x: Tensor, lengths: Tensor | None) -> Tensor:
-        """(B, L, H) -> (B, H): mean over valid positions, or the last valid one."""
-        if lengths is None:
-            return x.mean(dim=1) if self.pool == "mean" else x[:, -1]
-        if self.pool == "last":
-            return x[torch.arange(x.shape[0], device=x.device), lengths - 1]
-        mask = (torch.arange(x.shape[1], device=x.device) < lengths.unsqueeze(1)).unsqueeze(-1)
-        return (x * mask).sum(dim=1) / lengths.unsqueeze(1).to(x.dtype)

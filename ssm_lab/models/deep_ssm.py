@@ -28,6 +28,7 @@ from ssm_lab.layers.glu import GLU
 from ssm_lab.layers.lipschitz import LGLU, LMLP, TLIP
 from ssm_lab.layers.mlp import MLP
 from ssm_lab.models.certificate import prescribed_output_scale, residual_gain
+from ssm_lab.models.pooling import pool_sequence
 from ssm_lab.ops.spectral import spectral_norm_bound
 
 CORES = {"lru": LRU, "l2n": L2N, "tv": TV, "l2ru": L2RU}
@@ -182,14 +183,6 @@ class DeepSSM(nn.Module):
         return y, states
 
 
-def pool_valid(x: Tensor, lengths: Tensor | None) -> Tensor:
-    """Mean over the valid positions: x: (B, L, D) -> (B, D)."""
-    if lengths is None:
-        return x.mean(dim=1)
-    mask = (torch.arange(x.shape[1], device=x.device) < lengths.unsqueeze(1)).unsqueeze(-1)
-    return (x * mask).sum(dim=1) / lengths.unsqueeze(1).to(x.dtype)
-
-
 class TaskDeepSSM(nn.Module):
     """The training contract around a DeepSSM: inputs (B, L) token ids (embedded first) or
     (B, L, d_input) values -> (B, L, d_output) per-step or (B, d_output) mean-pooled outputs.
@@ -208,7 +201,7 @@ class TaskDeepSSM(nn.Module):
     def forward(self, inputs: Tensor, lengths: Tensor | None = None) -> Tensor:
         u = self.embedding(inputs) if self.embedding is not None else inputs
         y, _ = self.network(u, mode=self.mode, lengths=lengths)
-        return y if self.spec.per_step else pool_valid(y, lengths)
+        return y if self.spec.per_step else pool_sequence(y, lengths)
 
     def certified_gain_bound(self) -> Tensor:
         return self.network.certified_gain_bound()
