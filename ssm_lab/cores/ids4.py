@@ -25,6 +25,7 @@ from ssm_lab.cores.stepping import check_timesteps, step_through
 from ssm_lab.ops.hippo import legs
 from ssm_lab.ops.matrix_scan import matrix_recurrence
 from ssm_lab.optim import mark_recurrence
+from ssm_lab.validation import check_positive
 
 
 class IDS4(nn.Module):
@@ -42,8 +43,7 @@ class IDS4(nn.Module):
         dt_max: float = 1e-1,
     ) -> None:
         super().__init__()
-        if not isinstance(d_state, int) or d_state <= 0:
-            raise ValueError(f"d_state must be a positive integer, got {d_state!r}")
+        check_positive(d_state=d_state)
         if input_dependence_std < 0:
             raise ValueError(f"input_dependence_std must be >= 0, got {input_dependence_std}")
         self.d_model, self.d_state = d_model, d_state

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from ssm_lab.cores.lru import DiagonalLTICore
 from ssm_lab.ops.spectral import normalize_to_contraction
 from ssm_lab.optim import mark_recurrence
+from ssm_lab.validation import check_positive
 
 
 def check_gamma(gamma: float, owner: str) -> None:
@@ -55,9 +56,7 @@ class L2N(DiagonalLTICore):
         gram_iterations: int = 8,
     ) -> None:
         super().__init__()
-        for key, value in (("d_model", d_model), ("d_state", d_state)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        check_positive(d_model=d_model, d_state=d_state)
         if d_state % 2:
             raise ValueError(f"L2N d_state must be even (2x2 rotation blocks), got {d_state}")
         check_gamma(gamma, "L2N")

@@ -29,6 +29,7 @@ from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
 from ssm_lab.cores.l2n import check_gamma
 from ssm_lab.ops.spectral import normalize_to_contraction
 from ssm_lab.optim import mark_recurrence
+from ssm_lab.validation import check_positive
 
 # ||D|| <= gamma / 1.001 keeps Z = gamma^2 I - D^T D positive definite with room for rounding
 _STRICT_MARGIN = 1.001
@@ -66,9 +67,7 @@ class L2RU(nn.Module):
         self, d_model: int, d_state: int = 64, gamma: float = 1.0, train_gamma: bool = True, epsilon: float = 1e-3
     ) -> None:
         super().__init__()
-        for key, value in (("d_model", d_model), ("d_state", d_state)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        check_positive(d_model=d_model, d_state=d_state)
         check_gamma(gamma, "L2RU")
         self.d_model, self.d_state, self.epsilon = d_model, d_state, epsilon
         self.X = nn.Parameter(torch.eye(d_state) + 0.1 * torch.randn(d_state, d_state) / math.sqrt(d_state))

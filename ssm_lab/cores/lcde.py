@@ -24,6 +24,7 @@ from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
 from ssm_lab.cores.stepping import check_timesteps, step_through
 from ssm_lab.ops.matrix_scan import matrix_recurrence
 from ssm_lab.optim import mark_recurrence
+from ssm_lab.validation import check_positive
 
 SOLVERS = ("exp", "euler")
 
@@ -81,8 +82,7 @@ class LinearCDE(nn.Module):
         super().__init__()
         if solver not in SOLVERS:
             raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
-        if not isinstance(d_state, int) or d_state <= 0:
-            raise ValueError(f"d_state must be a positive integer, got {d_state!r}")
+        check_positive(d_state=d_state)
         if init_std <= 0 or rtol <= 0 or atol <= 0:
             raise ValueError(f"init_std, rtol and atol must be positive, got {init_std}, {rtol}, {atol}")
         self.d_model, self.d_state, self.solver, self.rtol, self.atol = d_model, d_state, solver, rtol, atol

@@ -23,6 +23,7 @@ from ssm_lab.ops.scan import linear_recurrence
 from ssm_lab.ops.selective_scan import chunked_linear_recurrence
 from ssm_lab.ops.spectral import spectral_norm_bound
 from ssm_lab.optim import mark_recurrence
+from ssm_lab.validation import check_positive
 
 
 def diagonal_recurrence_conv(eigenvalues: Tensor, drive: Tensor, h0: Tensor | None = None) -> Tensor:
@@ -159,9 +160,7 @@ class LRU(DiagonalLTICore):
         max_phase: float = 2 * math.pi,
     ) -> None:
         super().__init__()
-        for key, value in (("d_model", d_model), ("d_state", d_state)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        check_positive(d_model=d_model, d_state=d_state)
         if not 0.0 <= r_min < r_max <= 1.0:
             raise ValueError(f"need 0 <= r_min < r_max <= 1, got r_min={r_min}, r_max={r_max}")
         if max_phase <= 0:

@@ -25,6 +25,7 @@ from ssm_lab.cores.s4d import log_uniform_steps
 from ssm_lab.cores.stepping import check_timesteps, step_through
 from ssm_lab.ops.selective_scan import positive_decay, selective_scan, signed_decay, signed_selective_scan
 from ssm_lab.optim import mark_recurrence
+from ssm_lab.validation import check_positive
 
 EIGENVALUE_RANGES = {"positive": (positive_decay, selective_scan), "signed": (signed_decay, signed_selective_scan)}
 
@@ -57,9 +58,7 @@ class Mamba(nn.Module):
         chunk_size: int = 32,
     ) -> None:
         super().__init__()
-        for key, value in (("d_state", d_state), ("expand", expand), ("d_conv", d_conv), ("chunk_size", chunk_size)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        check_positive(d_state=d_state, expand=expand, d_conv=d_conv, chunk_size=chunk_size)
         if d_conv < 2:
             raise ValueError(f"d_conv must be >= 2 (a causal window of at least two steps), got {d_conv}")
         if eigenvalues not in EIGENVALUE_RANGES:

@@ -17,6 +17,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ssm_lab.cores.base import check_input, check_mode
 from ssm_lab.cores.stepping import step_through
+from ssm_lab.validation import check_positive
 
 _TORCH_CLASSES = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
@@ -30,8 +31,7 @@ class TorchRecurrentCore(nn.Module):
         super().__init__()
         if cell not in _TORCH_CLASSES:
             raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(_TORCH_CLASSES)}")
-        if not isinstance(d_model, int) or d_model <= 0:
-            raise ValueError(f"d_model must be a positive integer, got {d_model!r}")
+        check_positive(d_model=d_model)
         self.d_model, self.cell = d_model, cell
         self.rnn = _TORCH_CLASSES[cell](d_model, d_model, batch_first=True)
 

@@ -32,6 +32,7 @@ from ssm_lab.cores.stepping import step_through
 from ssm_lab.ops.fft_conv import causal_conv
 from ssm_lab.ops.hippo import legs_dplr
 from ssm_lab.optim import mark_recurrence
+from ssm_lab.validation import check_positive
 
 
 def _complex_pair(value: Tensor, d_model: int) -> tuple[nn.Parameter, nn.Parameter]:
@@ -45,8 +46,7 @@ class S4(nn.Module):
 
     def __init__(self, d_model: int, d_state: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1) -> None:
         super().__init__()
-        if not isinstance(d_state, int) or d_state <= 0:
-            raise ValueError(f"d_state must be a positive integer, got {d_state!r}")
+        check_positive(d_state=d_state)
         self.d_model, self.d_state = d_model, d_state
         eigenvalues, p, b, _ = legs_dplr(d_state)
         self.log_neg_real = nn.Parameter(torch.log(-eigenvalues.real).float().repeat(d_model, 1))

@@ -26,6 +26,7 @@ from ssm_lab.ops.scan import linear_recurrence
 from ssm_lab.ops.selective_scan import chunked_linear_recurrence
 from ssm_lab.ops.spectral import normalize_to_contraction
 from ssm_lab.optim import mark_recurrence
+from ssm_lab.validation import check_positive
 
 
 def normalize_2x2(a: Tensor, b: Tensor, c: Tensor, d: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -60,9 +61,7 @@ class TV(nn.Module):
         gram_iterations: int = 8,
     ) -> None:
         super().__init__()
-        for key, value in (("d_model", d_model), ("d_state", d_state)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        check_positive(d_model=d_model, d_state=d_state)
         check_gamma(gamma, "TV")
         if not 0.0 < init_rho < 1.0 or init_delta <= 0:
             raise ValueError(f"need 0 < init_rho < 1 and init_delta > 0, got {init_rho}, {init_delta}")

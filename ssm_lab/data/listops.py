@@ -27,8 +27,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ssm_lab.data.cache import cached_arrays
-from ssm_lab.data.loading import SplitDataModule, check_positive
+from ssm_lab.data.loading import SplitDataModule
 from ssm_lab.data.spec import TaskSpec
+from ssm_lab.validation import check_positive
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 CLOSE = "]"

@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ssm_lab.data.spec import TaskSpec
+from ssm_lab.validation import check_positive
 
 
 class TensorDictDataset(Dataset):
@@ -86,13 +87,6 @@ def train_loader(
 
 def eval_loader(dataset: Dataset, batch_size: int) -> DataLoader:
     return DataLoader(dataset, batch_size=batch_size, shuffle=False)
-
-
-def check_positive(**values: int) -> None:
-    """Raise naming the key when a size is not a positive integer."""
-    for key, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{key} must be a positive integer, got {value!r}")
 
 
 class SplitDataModule(L.LightningDataModule):

@@ -12,9 +12,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ssm_lab.data.loading import SplitDataModule, TensorDictDataset, check_positive
+from ssm_lab.data.loading import SplitDataModule, TensorDictDataset
 from ssm_lab.data.spec import TaskSpec
 from ssm_lab.ops.signature import signature_term
+from ssm_lab.validation import check_positive
 
 #: The label's signature word per path dimension (channels 0-based: (0, 1) is S^{12}).
 WORDS = {2: (0, 1), 3: (0, 1, 2)}

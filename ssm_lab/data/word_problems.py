@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from ssm_lab.data.groups import GROUPS, cycle_notation, multiplication_table, running_products
-from ssm_lab.data.loading import SplitDataModule, TensorDictDataset, check_positive
+from ssm_lab.data.loading import SplitDataModule, TensorDictDataset
 from ssm_lab.data.spec import TaskSpec
+from ssm_lab.validation import check_positive
 
 #: How the paper's repository names each group's files: ``<stem>=<length>.csv``.
 FILE_STEMS = {"A5": "A5", "S5": "S5", "A4xZ5": "A4_x_Z5", "Z60": "Z60"}

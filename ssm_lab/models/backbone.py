@@ -24,6 +24,7 @@ from ssm_lab.data.spec import TaskSpec
 from ssm_lab.layers.glu import GLU
 from ssm_lab.layers.mlp import MLP
 from ssm_lab.models.pooling import POOLS, pool_sequence
+from ssm_lab.validation import check_positive
 
 NORMS = ("pre", "post", "none")
 MIXINGS = ("glu", "mlp", "none")
@@ -107,9 +108,7 @@ class Backbone(nn.Module):
         ridge: float = 1e-6,
     ) -> None:
         super().__init__()
-        for key, value in (("d_model", d_model), ("n_layers", n_layers)):
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        check_positive(d_model=d_model, n_layers=n_layers)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         choices = (("norm", norm, NORMS), ("mixing", mixing, MIXINGS), ("encoder", encoder, ENCODERS))

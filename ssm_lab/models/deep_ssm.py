@@ -30,6 +30,7 @@ from ssm_lab.layers.mlp import MLP
 from ssm_lab.models.certificate import prescribed_output_scale, residual_gain
 from ssm_lab.models.pooling import pool_sequence
 from ssm_lab.ops.spectral import spectral_norm_bound
+from ssm_lab.validation import check_positive
 
 CORES = {"lru": LRU, "l2n": L2N, "tv": TV, "l2ru": L2RU}
 FEEDFORWARDS = {"LGLU": LGLU, "LMLP": LMLP, "TLIP": TLIP, "GLU": GLU, "MLP": MLP}
@@ -96,10 +97,7 @@ class DeepSSM(nn.Module):
         mix_logit: float = -1.0,
     ) -> None:
         super().__init__()
-        sizes = {"d_model": d_model, "d_state": d_state, "n_layers": n_layers, "d_input": d_input, "d_output": d_output}
-        for key, value in sizes.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        check_positive(d_model=d_model, d_state=d_state, n_layers=n_layers, d_input=d_input, d_output=d_output)
         if param not in CORES:
             raise ValueError(f"unknown param {param!r}; choose one of {', '.join(CORES)}")
         if ff not in FEEDFORWARDS:

@@ -19,10 +19,11 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ssm_lab.data.cache import cached_arrays
-from ssm_lab.data.loading import SplitDataModule, TensorDictDataset, check_positive
+from ssm_lab.data.loading import SplitDataModule, TensorDictDataset
 from ssm_lab.data.spec import TaskSpec
 from ssm_lab.data.sysid.benchmarks import BENCHMARKS, Benchmark
 from ssm_lab.data.sysid.records import Record
+from ssm_lab.validation import check_positive
 
 log = logging.getLogger(__name__)
 SOURCES = ("auto", "file", "simulate")
