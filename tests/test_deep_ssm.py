@@ -60,7 +60,7 @@ def test_detach_state_decides_whether_gradients_cross_calls(detach_state):
 
 
 @pytest.mark.parametrize("param", ["lru", "l2n", "tv", "l2ru"])
-@pytest.mark.parametrize("ff", ["LGLU", "LMLP", "TLIP"])
+@pytest.mark.parametrize("ff", ["LGLU", "LMLP", "TLIP", "Linear"])
 def test_prescribed_gamma_holds_for_any_parameters(param, ff):
     gamma = 0.8
     model = make(param, ff, gamma=gamma, n_layers=1)
@@ -111,10 +111,10 @@ def test_task_adapter_meets_the_model_contract():
     ("options", "message"),
     [
         ({"param": "s4"}, "unknown param 's4'; choose one of lru, l2n, tv, l2ru"),
-        ({"ff": "LGU"}, "unknown ff 'LGU'; choose one of LGLU, LMLP, TLIP, GLU, MLP"),
+        ({"ff": "LGU"}, "unknown ff 'LGU'; choose one of LGLU, LMLP, TLIP, Linear, GLU, MLP"),
         ({"gamma": 0.0}, "gamma must be a positive finite number, got 0.0"),
         ({"gamma": -1.0}, "gamma must be a positive finite number"),
-        ({"gamma": 1.0, "ff": "GLU"}, "gamma=1.0 needs a certified ff, but ff 'GLU'.*LGLU, LMLP, TLIP"),
+        ({"gamma": 1.0, "ff": "GLU"}, "gamma=1.0 needs a certified ff, but ff 'GLU'.*LGLU, LMLP, TLIP, Linear"),
         ({"gamma": 1.0, "ff": "MLP"}, "gamma=1.0 needs a certified ff, but ff 'MLP'"),
         ({"param": "l2n", "d_state": 5}, "d_state must be even"),
         ({"n_layers": 0}, "n_layers must be a positive integer"),

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ssm_lab.layers.glu import GLU
-from ssm_lab.layers.lipschitz import LGLU, LMLP, TLIP, group_sort_2
+from ssm_lab.layers.lipschitz import LGLU, LMLP, TLIP, LinearFF, group_sort_2
 from ssm_lab.layers.mlp import MLP
 
 D_MODEL = 6
@@ -14,6 +14,7 @@ CERTIFIED = {
     "LMLP": lambda: LMLP(D_MODEL, lipschitz=1.3),
     "LGLU": lambda: LGLU(D_MODEL, lipschitz=0.7),
     "TLIP": lambda: TLIP(D_MODEL, d_hidden=8, n_hidden_layers=2),
+    "Linear": lambda: LinearFF(D_MODEL, lipschitz=1.1),
 }
 
 
@@ -103,3 +104,14 @@ def test_group_sort_preserves_norms_and_sorts_pairs():
 def test_bad_settings_are_rejected(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_linear_feedforward_is_linear_and_its_bound_is_tight():
+    layer = LinearFF(D_MODEL, lipschitz=1.5)
+    x, y = torch.randn(4, D_MODEL), torch.randn(4, D_MODEL)
+    torch.testing.assert_close(layer(2 * x - y), 2 * layer(x) - layer(y))
+    with torch.no_grad():
+        weight = layer.forward_and_lipschitz_bound(torch.eye(D_MODEL))[0].transpose(0, 1)
+    exact = float(torch.linalg.matrix_norm(weight.double(), ord=2))
+    bound = float(layer.lipschitz_bound())
+    assert 0.99 * bound <= exact <= bound * (1 + 1e-6)  # a linear map's Lipschitz constant is its norm

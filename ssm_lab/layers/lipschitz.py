@@ -64,6 +64,21 @@ class _ScaledLipschitz(nn.Module):
         return self.forward_and_lipschitz_bound(self.log_lipschitz.new_zeros(0, self.d_model))[1]
 
 
+class LinearFF(_ScaledLipschitz):
+    """The static layer without a nonlinearity: x -> s W x, ||W||_2 <= 1, so Lip <= s ||W||.
+
+    A DeepSSM built with it is a linear system end to end: the "no nonlinearity between layers"
+    variant of the depth experiments (Cirone et al. 2024, Figure 1)."""
+
+    def __init__(self, d_model: int, lipschitz: float = 1.0) -> None:
+        super().__init__(d_model, lipschitz)
+        self.linear = ContractiveLinear(d_model, d_model)
+
+    def forward_and_lipschitz_bound(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        output, norm = self.linear.forward_and_norm(x)
+        return self.lipschitz * output, self.lipschitz * norm
+
+
 class LMLP(_ScaledLipschitz):
     """Lipschitz MLP: x -> s W2 relu(W1 x), ||W1||, ||W2|| <= 1, ReLU 1-Lipschitz: Lip <= s ||W1|| ||W2||."""
 

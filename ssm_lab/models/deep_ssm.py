@@ -25,7 +25,7 @@ from ssm_lab.cores.lru import LRU
 from ssm_lab.cores.tv import TV
 from ssm_lab.data.spec import TaskSpec
 from ssm_lab.layers.glu import GLU
-from ssm_lab.layers.lipschitz import LGLU, LMLP, TLIP
+from ssm_lab.layers.lipschitz import LGLU, LMLP, TLIP, LinearFF
 from ssm_lab.layers.mlp import MLP
 from ssm_lab.models.certificate import prescribed_output_scale, residual_gain
 from ssm_lab.models.pooling import pool_sequence
@@ -33,8 +33,8 @@ from ssm_lab.ops.spectral import spectral_norm_bound
 from ssm_lab.validation import check_positive
 
 CORES = {"lru": LRU, "l2n": L2N, "tv": TV, "l2ru": L2RU}
-FEEDFORWARDS = {"LGLU": LGLU, "LMLP": LMLP, "TLIP": TLIP, "GLU": GLU, "MLP": MLP}
-CERTIFIED_FEEDFORWARDS = ("LGLU", "LMLP", "TLIP")
+FEEDFORWARDS = {"LGLU": LGLU, "LMLP": LMLP, "TLIP": TLIP, "Linear": LinearFF, "GLU": GLU, "MLP": MLP}
+CERTIFIED_FEEDFORWARDS = ("LGLU", "LMLP", "TLIP", "Linear")
 
 
 class SSL(nn.Module):
