@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from ssm_lab.cores.lru import LRU
-from ssm_lab.ops.scan import linear_recurrence_ref, linear_recurrence_scan
+from ssm_lab.ops.scan import linear_recurrence_chunked, linear_recurrence_ref, linear_recurrence_scan
 
 
 @pytest.fixture
@@ -108,3 +108,38 @@ def test_bad_mode_and_shape(core: LRU):
         core(torch.randn(1, 3, 5))
     with pytest.raises(ValueError, match="initial state must be"):
         core(torch.randn(1, 3, 6), state=torch.zeros(2, 5, dtype=torch.complex64))
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.float64])
+@pytest.mark.parametrize("length", [1, 2, 7, 31, 32, 33, 100])
+@pytest.mark.parametrize("decay_shape", ["N", "1LN", "BLN", "B1N"])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_chunked_recurrence_matches_the_loop_in_values_and_gradients(dtype, length, decay_shape, with_h0):
+    """Constant and per-step decays, shared or per-sequence, lengths around the chunk size (4)."""
+    generator = torch.Generator().manual_seed(length)
+    batch, n = 3, 5
+
+    def sample(*shape):
+        real = torch.randn(*shape, generator=generator, dtype=torch.float64)
+        if dtype.is_complex:
+            real = torch.complex(real, torch.randn(*shape, generator=generator, dtype=torch.float64))
+        return (0.5 * real).to(dtype)
+
+    shapes = {"N": (n,), "1LN": (1, length, n), "BLN": (batch, length, n), "B1N": (batch, 1, n)}
+    a = sample(*shapes[decay_shape]).requires_grad_()
+    b = sample(batch, length, n).requires_grad_()
+    h0 = sample(batch, n).requires_grad_() if with_h0 else None
+    inputs = [a, b] + ([h0] if with_h0 else [])
+    weights = sample(batch, length, n)
+    results = []
+    for states in (linear_recurrence_chunked(a, b, h0, chunk_size=4), linear_recurrence_ref(a, b, h0)):
+        results.append((states, torch.autograd.grad((states * weights).real.sum(), inputs)))
+    (chunked, chunked_grads), (loop, loop_grads) = results
+    torch.testing.assert_close(chunked, loop, atol=1e-10, rtol=1e-10)
+    for got, expected in zip(chunked_grads, loop_grads, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-10, rtol=1e-10)
+
+
+def test_chunked_recurrence_rejects_a_bad_chunk_size():
+    with pytest.raises(ValueError, match="chunk_size must be positive, got 0"):
+        linear_recurrence_chunked(torch.ones(3), torch.ones(1, 2, 3), chunk_size=0)

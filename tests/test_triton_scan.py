@@ -6,7 +6,12 @@ import pytest
 import torch
 
 import ssm_lab.ops.scan as scan_module
-from ssm_lab.ops.scan import kernel_applies, linear_recurrence, linear_recurrence_ref, linear_recurrence_scan
+from ssm_lab.ops.scan import (
+    kernel_applies,
+    linear_recurrence,
+    linear_recurrence_chunked,
+    linear_recurrence_ref,
+)
 
 LENGTHS = (1, 7, 64, 1000, 4096)
 # relative error ||out - ref|| / ||ref|| against a float64 reference: fp32 arithmetic lands near 1e-7;
@@ -108,7 +113,7 @@ def test_scan_mode_uses_the_kernel_on_cuda_and_other_modes_do_not(monkeypatch) -
     assert len(calls) == 1
 
 
-def test_cpu_dispatch_runs_the_torch_scan(monkeypatch) -> None:
+def test_cpu_dispatch_runs_the_chunked_scan(monkeypatch) -> None:
     def kernel_must_not_run(*args):
         raise AssertionError("the Triton kernel ran on CPU tensors")
 
@@ -118,10 +123,10 @@ def test_cpu_dispatch_runs_the_torch_scan(monkeypatch) -> None:
     b = torch.randn(2, 9, 4, dtype=torch.complex64)
     h0 = torch.randn(2, 4, dtype=torch.complex64)
     assert not kernel_applies(a, b, h0)
-    assert torch.equal(linear_recurrence(a, b, h0, mode="scan"), linear_recurrence_scan(a, b, h0))
+    assert torch.equal(linear_recurrence(a, b, h0, mode="scan"), linear_recurrence_chunked(a, b, h0))
     assert torch.equal(linear_recurrence(a, b, h0, mode="loop"), linear_recurrence_ref(a, b, h0))
 
 
 def test_unknown_mode_names_the_allowed_ones() -> None:
-    with pytest.raises(ValueError, match="'fast'.*scan, torch_scan, loop"):
+    with pytest.raises(ValueError, match="'fast'.*scan, torch_scan, chunked, loop"):
         linear_recurrence(torch.ones(3), torch.ones(1, 2, 3), mode="fast")

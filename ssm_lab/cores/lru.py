@@ -20,7 +20,6 @@ from torch import Tensor, nn
 from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
 from ssm_lab.ops.fft_conv import causal_conv
 from ssm_lab.ops.scan import linear_recurrence
-from ssm_lab.ops.selective_scan import chunked_linear_recurrence
 from ssm_lab.ops.spectral import spectral_norm_bound
 from ssm_lab.optim import mark_recurrence
 from ssm_lab.validation import check_positive
@@ -48,6 +47,22 @@ def diagonal_recurrence_conv(eigenvalues: Tensor, drive: Tensor, h0: Tensor | No
     return states
 
 
+def complex_drive(x: Tensor, B: Tensor) -> Tensor:
+    """B x for real x: (B, L, H) and complex B: (N, H) -> (B, L, N) complex, as ONE real matmul
+    with the rows (Re B_n, Im B_n) interleaved, whose (..., N, 2) output views as complex for free:
+    half the work of casting x to complex and multiplying complex matrices."""
+    interleaved = torch.view_as_real(B).transpose(1, 2).reshape(2 * B.shape[0], B.shape[1])
+    return torch.view_as_complex((x @ interleaved.transpose(0, 1)).unflatten(-1, (-1, 2)))
+
+
+def real_readout(states: Tensor, C: Tensor) -> Tensor:
+    """Re(C h) for complex h: (B, L, N) and C: (H, N) -> (B, L, H), as one real matmul:
+    Re(C h) = C_re h_re - C_im h_im over the interleaved (h_re, h_im) pairs of view_as_real(h)."""
+    signs = torch.tensor([1.0, -1.0], dtype=C.real.dtype, device=C.device)
+    interleaved = (torch.view_as_real(C) * signs).flatten(-2)
+    return torch.view_as_real(states.contiguous()).flatten(-2) @ interleaved.transpose(0, 1)
+
+
 class DiagonalLTICore(nn.Module):
     """An LTI core x: (B, L, H) -> y: (B, L, H) with a complex diagonal state h: (B, N):
 
@@ -57,7 +72,7 @@ class DiagonalLTICore(nn.Module):
     x_{t+1} = A x_t + B u_t, y_t = C x_t + D u_t). Subclasses give ``system()`` ->
     (lambda: (N,) complex, B: (N, H) complex, C: (H, N) complex, D: (H,) diagonal or (H, H) real)
     and ``gain_bound()``; this class runs the modes (loop reference, scan, FFT conv, and chunked:
-    ``ssm_lab.ops.selective_scan.chunked_linear_recurrence``, the fastest on CPU), streaming steps,
+    see ``ssm_lab.ops.scan``; scan picks the GPU kernel or the chunked scan on CPU), streaming steps,
     and the transfer function used to check gain bounds.
     """
 
@@ -107,18 +122,16 @@ class DiagonalLTICore(nn.Module):
             expected, name = (x.shape[0], self.state_size), type(self).__name__
             raise ValueError(f"{name} initial state must be (B, N) = {expected}, got {tuple(state.shape)}")
         eigenvalues, B, C, D = system
-        drive = x.to(B.dtype) @ B.transpose(0, 1)
+        drive = complex_drive(x, B)
         if mode == "conv":
             states = diagonal_recurrence_conv(eigenvalues, drive, state)
-        elif mode == "chunked":
-            states = chunked_linear_recurrence(eigenvalues.expand_as(drive), drive, state)
         else:
             states = linear_recurrence(eigenvalues, drive, state, mode=mode)
         readout = states
         if self.readout_from_previous_state:
             first = self.default_state(x.shape[0], x.device) if state is None else state
             readout = torch.cat([first.unsqueeze(1), states[:, :-1]], dim=1)
-        y = (readout @ C.transpose(0, 1)).real + self._direct(D, x)
+        y = real_readout(readout, C) + self._direct(D, x)
         return y, state_at_lengths(states, lengths)
 
     def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:

@@ -23,7 +23,6 @@ from torch import Tensor, nn
 from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
 from ssm_lab.cores.l2n import check_gamma
 from ssm_lab.ops.scan import linear_recurrence
-from ssm_lab.ops.selective_scan import chunked_linear_recurrence
 from ssm_lab.ops.spectral import normalize_to_contraction
 from ssm_lab.optim import mark_recurrence
 from ssm_lab.validation import check_positive
@@ -47,7 +46,7 @@ def normalize_2x2(a: Tensor, b: Tensor, c: Tensor, d: Tensor) -> tuple[Tensor, T
 class TV(nn.Module):
     """x: (B, L, d_model) -> y: (B, L, d_model), state: (B, d_state) real; gain <= gain_bound() <= gamma."""
 
-    modes = ("scan", "loop", "chunked")  # chunked: ssm_lab.ops.selective_scan's chunked scan, the fastest on CPU
+    modes = ("scan", "loop", "chunked")  # see ssm_lab.ops.scan; scan = GPU kernel, or chunked on CPU
 
     def __init__(
         self,
@@ -119,10 +118,7 @@ class TV(nn.Module):
         a, b, c, d = self.step_matrices(x)
         scaled_input = torch.exp(self.log_gamma) * (x @ W_in.transpose(0, 1))
         drive = b * scaled_input
-        if mode == "chunked":
-            states = chunked_linear_recurrence(a, drive, state)
-        else:
-            states = linear_recurrence(a, drive, state, mode=mode)
+        states = linear_recurrence(a, drive, state, mode=mode)
         first = self.default_state(x.shape[0], x.device) if state is None else state
         previous = torch.cat([first.unsqueeze(1), states[:, :-1]], dim=1)
         y = (c * previous + d * scaled_input) @ W_out.transpose(0, 1)

@@ -1,11 +1,13 @@
-"""Diagonal linear recurrences h_t = a_t * h_{t-1} + b_t: the loop reference, a parallel scan, a GPU kernel.
+"""Diagonal linear recurrences h_t = a_t * h_{t-1} + b_t: the loop reference, a parallel scan, a
+chunked scan, a GPU kernel.
 
 All take the same arguments and return every state, so a core picks one by mode and the tests
 compare them (outputs and gradients). ``a`` is either constant over time (LTI cores, shape
 ``(N,)``, ``(1, 1, N)`` or ``(B, 1, N)``) or per step (``(B, L, N)``); real or complex.
 ``linear_recurrence(..., mode="scan")`` runs the Triton kernel (``ssm_lab.ops.triton.linear_scan``)
-on CUDA tensors of a dtype it supports and the torch scan otherwise (CPU, float64/complex128);
-``mode="torch_scan"`` forces the torch scan and ``mode="loop"`` the reference on any device.
+on CUDA tensors of a dtype it supports, the torch scan on other CUDA tensors (float64/complex128)
+and the chunked scan on CPU; ``mode="torch_scan"``, ``"chunked"`` and ``"loop"`` (the reference)
+force one on any device.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ except ImportError:
     linear_scan = None
     SUPPORTED_DTYPES = ()
 
-__all__ = ["MODES", "kernel_applies", "linear_recurrence", "linear_recurrence_ref", "linear_recurrence_scan"]
+__all__ = [
+    "MODES",
+    "kernel_applies",
+    "linear_recurrence",
+    "linear_recurrence_chunked",
+    "linear_recurrence_ref",
+    "linear_recurrence_scan",
+]
 
 
 def _as_3d(a: Tensor, b: Tensor) -> Tensor:
@@ -90,6 +99,109 @@ def linear_recurrence_scan(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Te
     return h
 
 
+CHUNK_SIZE = 32
+
+
+def linear_recurrence_chunked(a: Tensor, b: Tensor, h0: Tensor | None = None, chunk_size: int = CHUNK_SIZE) -> Tensor:
+    """The same recurrence in chunks of T steps, the fastest torch path on CPU.
+
+    With l = c T + t: pass 1 runs the recurrence inside every chunk at once from a zero state
+    (T vectorised steps on the strided (B, C, N) slices of b viewed as (B, C, T, N), no copies),
+    pass 2 carries the chunk-end states across the C chunks (carry_c = P_c carry_{c-1} + end_c,
+    P_c the product of the chunk's decays: a^T when a is constant), pass 3 adds
+    (prod_{s<=t} a_s) carry_{c-1} to every state. Only products of decays appear, never a division
+    by one, so it is stable for any |a| <= 1. T + C sequential steps of vectorised work instead of
+    L; T = 32 balances them for L ~ 1000. The backward pass (``_ChunkedRecurrence``) is the same
+    algorithm run backwards in time on the incoming gradients, with the states kept once.
+    """
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    a = _as_3d(a, b)
+    if h0 is not None and h0.shape != (b.shape[0], b.shape[2]):
+        raise ValueError(f"initial state must be (B, N) = {(b.shape[0], b.shape[2])}, got {tuple(h0.shape)}")
+    dtype = _common_dtype(a, b, h0)
+    return _ChunkedRecurrence.apply(a.to(dtype), b.to(dtype), None if h0 is None else h0.to(dtype), chunk_size)
+
+
+def _chunked_states(a: Tensor, b: Tensor, h0: Tensor | None, chunk: int, reverse: bool) -> Tensor:
+    """Every state of h_l = a_l h_{l-1} + b_l (reverse: h_l = a_l h_{l+1} + b_l, from the end) for
+    b: (B, L, N) and a: (B or 1, L or 1, N); h0 enters before the first step taken. No autograd."""
+    batch, length, n = b.shape
+    chunk = min(chunk, length)
+    pad = (-length) % chunk
+    constant = a.shape[1] == 1
+    if pad:  # identity steps (decay 1, input 0) where the recurrence finishes, so they change nothing
+        padding = (0, 0, pad, 0) if reverse else (0, 0, 0, pad)
+        b = torch.nn.functional.pad(b, padding)
+        if not constant:
+            a = torch.nn.functional.pad(a, padding, value=1.0)
+    n_chunks = (length + pad) // chunk
+    b = b.reshape(batch, n_chunks, chunk, n)
+    a = a.reshape(a.shape[0], 1, 1, n) if constant else a.reshape(a.shape[0], n_chunks, chunk, n)
+    steps = range(chunk - 1, -1, -1) if reverse else range(chunk)
+    states = torch.empty_like(b)
+    previous = None
+    for t in steps:  # pass 1: inside every chunk, from a zero state
+        a_t = a[:, :, 0] if constant else a[:, :, t]
+        if previous is None:
+            states[:, :, t] = b[:, :, t]
+        else:
+            torch.addcmul(b[:, :, t], a_t, states[:, :, previous], out=states[:, :, t])
+        previous = t
+    # decay from the chunk's entry to every step: prod of a over the steps taken so far
+    if constant:
+        powers = torch.cumprod(a.expand(a.shape[0], 1, chunk, n), dim=2)
+        decays = powers.flip(2) if reverse else powers
+    else:
+        decays = torch.cumprod(a.flip(2), dim=2).flip(2) if reverse else torch.cumprod(a, dim=2)
+    last = 0 if reverse else chunk - 1
+    chunk_decay, chunk_end = decays[:, :, last], states[:, :, last]  # (B or 1, C, N), (B, C, N)
+    carry = torch.zeros_like(b[:, 0, 0]) if h0 is None else h0
+    incoming = torch.empty_like(chunk_end)
+    for c in range(n_chunks - 1, -1, -1) if reverse else range(n_chunks):  # pass 2: across chunks
+        incoming[:, c] = carry
+        carry = torch.addcmul(chunk_end[:, c], chunk_decay[:, 0 if constant else c], carry)
+    states.addcmul_(decays, incoming.unsqueeze(2))  # pass 3
+    states = states.reshape(batch, length + pad, n)
+    return states[:, pad:] if reverse else states[:, :length]
+
+
+class _ChunkedRecurrence(torch.autograd.Function):
+    """Backward: g_l = dLoss/dh_l through all later steps obeys g_l = grad_l + conj(a_{l+1}) g_{l+1},
+    the recurrence reversed in time; then dLoss/db_l = g_l, dLoss/da_l = g_l conj(h_{l-1}) (summed
+    over the axes a broadcasts along), dLoss/dh0 = conj(a_0) g_0 (PyTorch's complex convention)."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor, h0: Tensor | None, chunk: int) -> Tensor:
+        states = _chunked_states(a, b, h0, chunk, reverse=False)
+        ctx.save_for_backward(a, states, h0)
+        ctx.chunk = chunk
+        return states
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_states: Tensor):
+        a, states, h0 = ctx.saved_tensors
+        conj_a = a.conj()
+        successor = conj_a if a.shape[1] == 1 else torch.nn.functional.pad(conj_a[:, 1:], (0, 0, 0, 1))
+        g = _chunked_states(successor, grad_states.contiguous(), None, ctx.chunk, reverse=True)
+        grad_a = grad_h0 = None
+        if ctx.needs_input_grad[0]:
+            first = torch.zeros_like(states[:, :1]) if h0 is None else h0.unsqueeze(1)
+            previous = torch.cat([first, states[:, :-1]], dim=1).conj()
+            if a.shape[1] == 1:  # constant a: sum over time (and batch when shared) without a product tensor
+                grad_a = torch.einsum("bln,bln->bn", g, previous).unsqueeze(1)
+                if a.shape[0] == 1:
+                    grad_a = grad_a.sum(0, keepdim=True)
+            else:
+                grad_a = g * previous
+                if a.shape[0] == 1:
+                    grad_a = grad_a.sum(0, keepdim=True)
+        if h0 is not None and ctx.needs_input_grad[2]:
+            grad_h0 = conj_a[:, 0] * g[:, 0]
+        return grad_a, g, grad_h0, None
+
+
 def _common_dtype(a: Tensor, b: Tensor, h0: Tensor | None) -> torch.dtype:
     dtype = torch.promote_types(a.dtype, b.dtype)
     return dtype if h0 is None else torch.promote_types(dtype, h0.dtype)
@@ -112,15 +224,23 @@ def _linear_recurrence_kernel(a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor
 def _linear_recurrence_auto(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Tensor:
     if kernel_applies(a, b, h0):
         return _linear_recurrence_kernel(a, b, h0)
-    return linear_recurrence_scan(a, b, h0)
+    if b.is_cuda:  # log L full-width passes beat T + C small launches on a GPU
+        return linear_recurrence_scan(a, b, h0)
+    return linear_recurrence_chunked(a, b, h0)
 
 
-_MODES = {"scan": _linear_recurrence_auto, "torch_scan": linear_recurrence_scan, "loop": linear_recurrence_ref}
+_MODES = {
+    "scan": _linear_recurrence_auto,
+    "torch_scan": linear_recurrence_scan,
+    "chunked": linear_recurrence_chunked,
+    "loop": linear_recurrence_ref,
+}
 MODES = tuple(_MODES)
 
 
 def linear_recurrence(a: Tensor, b: Tensor, h0: Tensor | None = None, mode: str = "scan") -> Tensor:
-    """Dispatch on ``mode``: "scan" (GPU kernel where it applies, else torch scan), "torch_scan", "loop"."""
+    """Dispatch on ``mode``: "scan" (GPU kernel where it applies, else torch scan on CUDA, chunked on CPU),
+    "torch_scan", "chunked", "loop"."""
     if mode not in _MODES:
         raise ValueError(f"unknown recurrence mode {mode!r}; choose one of {', '.join(_MODES)}")
     return _MODES[mode](a, b, h0)
