@@ -12,7 +12,7 @@ import torch
 from ssm_lab.cores.l2n import L2N
 from ssm_lab.cores.l2ru import L2RU, dense_recurrence
 from ssm_lab.cores.lru import LRU, diagonal_recurrence_conv
-from ssm_lab.cores.tv import TV, normalize_2x2
+from ssm_lab.cores.tv import TV, normalize_2x2, step_matrices, step_matrices_ref
 from ssm_lab.ops.scan import linear_recurrence
 from ssm_lab.ops.spectral import normalize_to_contraction
 from ssm_lab.optim import param_groups
@@ -87,8 +87,12 @@ def test_chunks_steps_and_padding_match_the_whole_sequence(name):
 
 @pytest.mark.parametrize(
     ("name", "dynamics"),
-    [("lru", {"nu_log", "theta_log", "gamma_log"}), ("l2n", {"rho_logit", "theta"}), ("tv", {"delta_bias", "alpha"}),
-     ("l2ru", {"X", "S"})],
+    [
+        ("lru", {"nu_log", "theta_log", "gamma_log"}),
+        ("l2n", {"rho_logit", "theta"}),
+        ("tv", {"delta_bias", "alpha"}),
+        ("l2ru", {"X", "S"}),
+    ],
 )
 def test_recurrence_parameters_are_tagged(name, dynamics):
     core = build(name)
@@ -125,13 +129,17 @@ def test_conv_and_dense_recurrences_match_their_references():
     eigenvalues = 0.95 * torch.exp(1j * torch.rand(5) * math.pi)
     drive, h0 = torch.randn(2, 33, 5, dtype=torch.complex64), torch.randn(2, 5, dtype=torch.complex64)
     torch.testing.assert_close(
-        diagonal_recurrence_conv(eigenvalues, drive, h0), linear_recurrence(eigenvalues, drive, h0, mode="loop"),
-        atol=1e-5, rtol=1e-5,
+        diagonal_recurrence_conv(eigenvalues, drive, h0),
+        linear_recurrence(eigenvalues, drive, h0, mode="loop"),
+        atol=1e-5,
+        rtol=1e-5,
     )
     A, real_drive, real_h0 = 0.3 * torch.randn(5, 5), torch.randn(2, 33, 5), torch.randn(2, 5)
     torch.testing.assert_close(
-        dense_recurrence(A, real_drive, real_h0, "scan"), dense_recurrence(A, real_drive, real_h0, "loop"),
-        atol=1e-5, rtol=1e-5,
+        dense_recurrence(A, real_drive, real_h0, "scan"),
+        dense_recurrence(A, real_drive, real_h0, "loop"),
+        atol=1e-5,
+        rtol=1e-5,
     )
 
 
@@ -208,6 +216,25 @@ def test_tv_step_matrices_are_contractions():
     entries = torch.tensor([0.6, -0.8, 0.8, 0.6], requires_grad=True)
     (gradient,) = torch.autograd.grad(sum(normalize_2x2(*entries)), entries)
     assert torch.isfinite(gradient).all()
+
+
+@pytest.mark.parametrize("spread", [0.1, 1.0, 6.0])  # small pre-activations: norms < 1; large: most > 1
+def test_tv_fused_step_matrices_equal_the_reference_in_values_and_gradients(spread):
+    generator = torch.Generator().manual_seed(int(10 * spread))
+    selected = (spread * torch.randn(3, 7, 4 * 5, generator=generator, dtype=torch.float64)).requires_grad_()
+    delta_bias = torch.randn(5, generator=generator, dtype=torch.float64, requires_grad=True)
+    alpha = torch.randn(5, generator=generator, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(3, 7, 20, generator=generator, dtype=torch.float64)
+    inputs = (selected, delta_bias, alpha)
+    fused, reference = step_matrices(*inputs), step_matrices_ref(*inputs)
+    torch.testing.assert_close(fused, reference, atol=1e-14, rtol=1e-12)
+    for got, expected in zip(
+        torch.autograd.grad((fused * weights).sum(), inputs),
+        torch.autograd.grad((reference * weights).sum(), inputs),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-10)
+    assert torch.autograd.gradcheck(step_matrices, inputs)
 
 
 def test_l2ru_satisfies_the_bounded_real_lemma():

@@ -150,3 +150,30 @@ def test_training_run_records_certified_and_empirical_gain(train, model):
     summary = train(f"model={model}", "trainer.max_steps=8", "scale.eval_every=4")
     assert summary["status"] == "completed"
     assert 0 < summary["empirical_gain"] <= summary["certified_gain"]
+
+
+def _saved_bytes(model: DeepSSM, u: torch.Tensor) -> int:
+    """Bytes of the distinct storages autograd keeps for the backward pass of model(u)."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor: torch.Tensor) -> torch.Tensor:
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(u)
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("gamma", [None, 1.5])
+def test_checkpointing_changes_memory_not_results(gamma):
+    u = torch.randn(4, 64, 3, requires_grad=True)
+    results, saved = {}, {}
+    for checkpoint in (False, True):
+        model = make("tv", gamma=gamma, checkpoint=checkpoint, d_model=16, d_state=16)
+        y, states = model(u)
+        gradients = torch.autograd.grad(y.square().sum() + states[-1].square().sum(), [u, *model.parameters()])
+        results[checkpoint], saved[checkpoint] = (y, *gradients), _saved_bytes(model, u)
+    for got, expected in zip(results[True], results[False], strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    assert saved[True] < saved[False] / 3  # the blocks' activations are recomputed, not kept

@@ -1,7 +1,8 @@
 """Benchmark 3 of issue 9: peak GPU memory of a 4-layer tv DeepSSM, fp32, forward + backward.
 
-B = 32, D = N = 256, L = 16384 (goal: at most 17 GiB); neural-ssm 0.44's DeepSSM of the same sizes
-beside it where it imports (it may run out of memory: that is reported). Run on a GPU machine:
+B = 32, D = N = 256, L = 16384 (goal: at most 17 GiB), ours as is and with ``checkpoint=True``
+(activations recomputed in the backward pass); neural-ssm 0.44's DeepSSM of the same sizes
+beside them where it imports (it may run out of memory: that is reported). Run on a GPU machine:
 
     python -m ssm_lab.bench.memory [--length 16384] [--out benchmarks/results/<date>-<gpu>.jsonl]
 """
@@ -41,8 +42,10 @@ def _peak_of_fwd_bwd(model: nn.Module, length: int) -> float:
 
 def run(length: int, out: Path) -> list[dict]:
     base = {"benchmark": "memory", "batch": BATCH, "width": WIDTH, "layers": LAYERS, "length": length, "param": "tv"}
+    sizes = {"d_model": WIDTH, "d_state": WIDTH, "n_layers": LAYERS, "param": "tv"}
     builders = {
-        "ssm_lab DeepSSM tv": lambda: DeepSSM(WIDTH, WIDTH, d_model=WIDTH, d_state=WIDTH, n_layers=LAYERS, param="tv"),
+        "ssm_lab DeepSSM tv": lambda: DeepSSM(WIDTH, WIDTH, **sizes),
+        "ssm_lab DeepSSM tv checkpoint": lambda: DeepSSM(WIDTH, WIDTH, **sizes, checkpoint=True),
         "neural-ssm 0.44 DeepSSM tv": _neural_ssm_model,
     }
     records = []

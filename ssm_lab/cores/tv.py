@@ -36,11 +36,78 @@ def normalize_2x2(a: Tensor, b: Tensor, c: Tensor, d: Tensor) -> tuple[Tensor, T
     The (1 + 4 eps) factor covers the rounding of the four divisions.
     """
     tiny = torch.finfo(a.dtype).tiny ** 0.5
-    norm = 0.5 * (
-        torch.sqrt((a + d) ** 2 + (b - c) ** 2 + tiny) + torch.sqrt((a - d) ** 2 + (b + c) ** 2 + tiny)
-    )
+    norm = 0.5 * (torch.sqrt((a + d) ** 2 + (b - c) ** 2 + tiny) + torch.sqrt((a - d) ** 2 + (b + c) ** 2 + tiny))
     scale = norm.clamp_min(1.0) * (1 + 4 * torch.finfo(a.dtype).eps)
     return a / scale, b / scale, c / scale, d / scale
+
+
+def step_matrices_ref(selected: Tensor, delta_bias: Tensor, alpha: Tensor) -> Tensor:
+    """The reference twin of ``step_matrices``, by autograd through each operation.
+
+    selected: (B, L, 4N) = (delta, b, c, d) pre-activations -> (a, b, c, d) concatenated: (B, L, 4N),
+    a = exp(-softplus(delta + delta_bias) softplus(alpha)), b, c, d = tanh(.), each [[a, b], [c, d]]
+    divided by max(1, its norm) (``normalize_2x2``)."""
+    delta, b, c, d = selected.chunk(4, dim=-1)
+    rate = nn.functional.softplus(delta + delta_bias) * nn.functional.softplus(alpha)
+    return torch.cat(normalize_2x2(torch.exp(-rate), torch.tanh(b), torch.tanh(c), torch.tanh(d)), dim=-1)
+
+
+def step_matrices(selected: Tensor, delta_bias: Tensor, alpha: Tensor) -> Tensor:
+    """``step_matrices_ref`` as one autograd node: it keeps (a, b, c, d) before normalisation, the
+    two moduli and the softplus input ((B, L, 7N) in all) instead of about twenty
+    intermediate (B, L, N) tensors; equal values and gradients (tests/test_certified_cores.py)."""
+    return _StepMatrices.apply(selected, delta_bias, alpha)
+
+
+def _scale(p: Tensor, q: Tensor) -> Tensor:
+    """max(1, ||M||_2) with ||M||_2 = (p + q) / 2, enlarged by 4 eps to cover the divisions' rounding."""
+    return (0.5 * (p + q)).clamp_min_(1.0).mul_(1 + 4 * torch.finfo(p.dtype).eps)
+
+
+class _StepMatrices(torch.autograd.Function):
+    """Forward as ``step_matrices_ref``, with s1..s4 = a + d, a - d, b - c, b + c, p = |s1 + i s3|,
+    q = |s2 + i s4| (``normalize_2x2``'s tiny term inside), s = max(1, (p + q) / 2)(1 + 4 eps) and
+    o_k = k / s. Backward: dL/dk = g_k / s + dL/ds ds/dk with dL/ds = -sum_k g_k k / s^2,
+    ds/d(p, q) = (1 + 4 eps) / 2 where (p + q) / 2 >= 1 (else 0), dp/d(s1, s3) = (s1, s3) / p,
+    dq/d(s2, s4) = (s2, s4) / q; then tanh' = 1 - tanh^2, d exp(-r) = -exp(-r) dr, softplus' = sigmoid."""
+
+    @staticmethod
+    def forward(ctx, selected: Tensor, delta_bias: Tensor, alpha: Tensor) -> Tensor:
+        n = selected.shape[-1] // 4
+        shifted = selected[..., :n] + delta_bias
+        rate = nn.functional.softplus(shifted) * nn.functional.softplus(alpha)
+        raw = torch.cat([torch.exp(-rate), torch.tanh(selected[..., n:])], dim=-1)
+        a, b, c, d = raw.chunk(4, dim=-1)
+        tiny = torch.finfo(raw.dtype).tiny ** 0.5
+        p = torch.sqrt((a + d).square_().addcmul_(b - c, b - c).add_(tiny))
+        q = torch.sqrt((a - d).square_().addcmul_(b + c, b + c).add_(tiny))
+        ctx.save_for_backward(raw, p, q, shifted, alpha)
+        return (raw.unflatten(-1, (4, n)) / _scale(p, q).unsqueeze(-2)).flatten(-2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        raw, p, q, shifted, alpha = ctx.saved_tensors
+        eps = torch.finfo(raw.dtype).eps
+        a, b, c, d = raw.chunk(4, dim=-1)
+        g_a, g_b, g_c, g_d = grad.chunk(4, dim=-1)
+        inverse_scale = _scale(p, q).reciprocal_()
+        dot = (g_a * a).addcmul_(g_b, b).addcmul_(g_c, c).addcmul_(g_d, d)
+        active = 0.5 * (p + q) >= 1.0  # where max(1, .) passes the norm through
+        grad_half = dot.mul_(inverse_scale.square()).mul_(-(0.5 + 2 * eps) * active)
+        weight_p, weight_q = grad_half / p, grad_half.div_(q)
+        g1, g2 = weight_p * (a + d), weight_q * (a - d)
+        g3, g4 = weight_p.mul_(b - c), weight_q.mul_(b + c)
+        grad_a = (g_a * inverse_scale).add_(g1).add_(g2)
+        grad_tanh = torch.cat([(g_b * inverse_scale).add_(g3).add_(g4), (g_c * inverse_scale).add_(g4).sub_(g3),
+                               (g_d * inverse_scale).add_(g1).sub_(g2)], dim=-1)  # fmt: skip
+        grad_tanh.mul_(1 - raw[..., a.shape[-1] :].square())
+        grad_rate = grad_a.mul_(a).neg_()  # d exp(-r) / dr = -exp(-r)
+        softplus_alpha = nn.functional.softplus(alpha)
+        grad_shifted = grad_rate * softplus_alpha * torch.sigmoid(shifted)
+        rate = -torch.log(a)  # a = exp(-rate) > 0
+        grad_alpha = (grad_rate * rate).flatten(0, -2).sum(0) / softplus_alpha * torch.sigmoid(alpha)
+        return torch.cat([grad_shifted, grad_tanh], dim=-1), grad_shifted.flatten(0, -2).sum(0), grad_alpha
 
 
 class TV(nn.Module):
@@ -91,9 +158,7 @@ class TV(nn.Module):
 
     def step_matrices(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(a, b, c, d): each (B, L, d_state), with ||[[a, b], [c, d]]||_2 <= 1 per entry."""
-        delta, b, c, d = self.selection(x).chunk(4, dim=-1)
-        rate = nn.functional.softplus(delta + self.delta_bias) * nn.functional.softplus(self.alpha)
-        return normalize_2x2(torch.exp(-rate), torch.tanh(b), torch.tanh(c), torch.tanh(d))
+        return step_matrices(self.selection(x), self.delta_bias, self.alpha).chunk(4, dim=-1)
 
     def default_state(self, batch: int, device: torch.device | None = None) -> Tensor:
         return torch.zeros(batch, self.d_state, dtype=self.W_in.dtype, device=device or self.W_in.device)

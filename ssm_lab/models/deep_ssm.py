@@ -13,10 +13,11 @@ so it is <= gamma for every parameter value; gamma=None leaves s = 1 and reports
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from ssm_lab.cores.l2n import L2N, check_gamma
@@ -40,9 +41,17 @@ CERTIFIED_FEEDFORWARDS = ("LGLU", "LMLP", "TLIP", "Linear")
 class SSL(nn.Module):
     """One residual block x: (B, L, H) -> (B, L, H): core then static layer, each mixed in by a learned weight."""
 
-    def __init__(self, core: nn.Module, feedforward: nn.Module, certified_feedforward: bool, mix_logit: float) -> None:
+    def __init__(
+        self,
+        core: nn.Module,
+        feedforward: nn.Module,
+        certified_feedforward: bool,
+        mix_logit: float,
+        checkpoint: bool = False,
+    ) -> None:
         super().__init__()
         self.core, self.feedforward, self.certified_feedforward = core, feedforward, certified_feedforward
+        self.checkpoint = checkpoint
         self.core_mix_logit = nn.Parameter(torch.tensor(float(mix_logit)))
         self.feedforward_mix_logit = nn.Parameter(torch.tensor(float(mix_logit)))
 
@@ -51,16 +60,37 @@ class SSL(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """(output, core's final state, this block's gain bound or None). ``with_bound`` (certified
         layers only) takes the bounds from the same normalisation that the forward pass computes."""
-        core_mix, feedforward_mix = torch.sigmoid(self.core_mix_logit), torch.sigmoid(self.feedforward_mix_logit)
+        x, state, core_gain = self._call(self._core_residual, x, state, mode, lengths, with_bound)
+        x, feedforward_gain = self._call(self._feedforward_residual, x, with_bound)
         if not with_bound:
-            z, state = self.core(x, state=state, mode=mode, lengths=lengths)
-            x = x + core_mix * z
-            return x + feedforward_mix * self.feedforward(x), state, None
-        z, state, core_gain = self.core.forward_and_gain_bound(x, state=state, mode=mode, lengths=lengths)
-        x = x + core_mix * z
-        f, feedforward_gain = self.feedforward.forward_and_lipschitz_bound(x)
-        bound = residual_gain(core_mix, core_gain) * residual_gain(feedforward_mix, feedforward_gain)
-        return x + feedforward_mix * f, state, bound
+            return x, state, None
+        core_mix, feedforward_mix = torch.sigmoid(self.core_mix_logit), torch.sigmoid(self.feedforward_mix_logit)
+        return x, state, residual_gain(core_mix, core_gain) * residual_gain(feedforward_mix, feedforward_gain)
+
+    def _core_residual(
+        self, x: Tensor, state: Tensor | None, mode: str, lengths: Tensor | None, with_bound: bool
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(x + alpha Core(x), final state, the core's gain bound when ``with_bound``)."""
+        if with_bound:
+            z, state, gain = self.core.forward_and_gain_bound(x, state=state, mode=mode, lengths=lengths)
+        else:
+            (z, state), gain = self.core(x, state=state, mode=mode, lengths=lengths), None
+        return x + torch.sigmoid(self.core_mix_logit) * z, state, gain
+
+    def _feedforward_residual(self, x: Tensor, with_bound: bool) -> tuple[Tensor, Tensor | None]:
+        """(x + beta FF(x), the static layer's Lipschitz bound when ``with_bound``)."""
+        if with_bound:
+            f, bound = self.feedforward.forward_and_lipschitz_bound(x)
+        else:
+            f, bound = self.feedforward(x), None
+        return x + torch.sigmoid(self.feedforward_mix_logit) * f, bound
+
+    def _call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """function(*args); with ``checkpoint`` (and gradients on) its activations are not kept but
+        recomputed in the backward pass (torch.utils.checkpoint): memory for time."""
+        if self.checkpoint and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(function, *args, use_reentrant=False)
+        return function(*args)
 
     def gain_bound(self) -> Tensor:
         """(1 + alpha gamma_core)(1 + beta L_ff); infinite for an uncertified static layer (GLU has no
@@ -81,6 +111,8 @@ class DeepSSM(nn.Module):
     param: core, one of CORES; ff: static layer, one of FEEDFORWARDS; gamma: prescribed bound of
     the whole network (needs a certified ff) or None (the bound is reported, not imposed).
     core_options go to the core (e.g. r_min for lru); mix_logit initialises the residual weights.
+    checkpoint: recompute each core's and static layer's activations in the backward pass instead
+    of storing them (a few times less memory on long sequences, one more forward pass of time).
     """
 
     def __init__(
@@ -95,6 +127,7 @@ class DeepSSM(nn.Module):
         gamma: float | None = None,
         core_options: Mapping[str, Any] | None = None,
         mix_logit: float = -1.0,
+        checkpoint: bool = False,
     ) -> None:
         super().__init__()
         check_positive(d_model=d_model, d_state=d_state, n_layers=n_layers, d_input=d_input, d_output=d_output)
@@ -117,6 +150,7 @@ class DeepSSM(nn.Module):
                 FEEDFORWARDS[ff](d_model),
                 ff in CERTIFIED_FEEDFORWARDS,
                 mix_logit,
+                checkpoint,
             )
             for _ in range(n_layers)
         )
