@@ -1,4 +1,4 @@
-"""make figures: python -m experiments --scale smoke|small|paper [--figure NAME ...] [--launcher slurm].
+"""make figures: python -m experiments --scale smoke|small|paper [--figure NAME ...] [--launcher slurm] [--set K=V].
 
 Launches only the runs each figure still needs (Hydra multirun through run_experiment.py), gathers
 every run and draws into <results_dir>/figures/. Exits 1 when runs are still missing afterwards."""
@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-launch", action="store_true", help="draw from the recorded runs only")
     parser.add_argument(
         "--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",
-        help="Hydra override added to every run, e.g. trainer=gpu (part of the runs' identity)",
+        help="Hydra override added to every run, e.g. trainer=gpu (part of the runs' identity); hydra.* ones, "
+        "e.g. hydra.launcher.n_jobs=12, only set how the runs are launched",
     )  # fmt: skip
     args = parser.parse_args(argv)
     try:

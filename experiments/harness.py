@@ -91,6 +91,12 @@ def available_models() -> frozenset[str]:
     return frozenset(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml"))
 
 
+def is_launch_setting(override: str) -> bool:
+    """``hydra.*`` and ``hydra/...`` overrides (``hydra.launcher.n_jobs=12``) say how runs are launched,
+    never what they compute: passed to the multirun, left out of the composed run config."""
+    return override.lstrip("+~").startswith(("hydra.", "hydra/"))
+
+
 def launcher_override(launcher: str) -> list[str]:
     """The Hydra override choosing a launcher (basic: Hydra's default, in this process's order)."""
     choice = LAUNCHER_ALIASES.get(launcher, launcher)
@@ -132,7 +138,8 @@ class Session:
     """Where and how the figures' runs are recorded and launched.
 
     extra: overrides added to every run (e.g. ``trainer=gpu``): part of the runs' identity, so the
-    same extra overrides find the same runs again. models: when given, only runs of these models."""
+    same extra overrides find the same runs again; ``hydra.*`` ones (``hydra.launcher.n_jobs=12``)
+    only go to the multirun. models: when given, only runs of these models."""
 
     scale: str
     results_dir: Path
@@ -148,10 +155,15 @@ class Session:
         launcher_override(self.launcher)  # a bad launcher fails before anything is trained
 
     def base_overrides(self, experiment: str) -> list[str]:
+        """What every run of the figure computes with: preset, scale, folders and the extra overrides."""
         return [
             f"experiment={experiment}", f"scale={self.scale}", f"results_dir={self.results_dir}",
-            f"data_dir={self.data_dir}", *self.extra,
+            f"data_dir={self.data_dir}", *(o for o in self.extra if not is_launch_setting(o)),
         ]  # fmt: skip
+
+    def launch_overrides(self) -> list[str]:
+        """The launcher and the extra ``hydra.*`` overrides (after the launcher, whose keys they set)."""
+        return [*launcher_override(self.launcher), *(o for o in self.extra if is_launch_setting(o))]
 
     def run_path(self, experiment: str, needed: Run) -> Path:
         return _run_path((*self.base_overrides(experiment), *needed.overrides))
@@ -162,7 +174,7 @@ class Session:
         for index, block in enumerate(cartesian_blocks(runs)):
             command = [
                 sys.executable, str(REPOSITORY / "run_experiment.py"), "-m", *self.base_overrides(experiment),
-                *block_overrides(block), *launcher_override(self.launcher),
+                *block_overrides(block), *self.launch_overrides(),
                 f"hydra.sweep.dir={self.results_dir}/hydra/figures/{tag}/{stamp}-{index}",
             ]  # fmt: skip
             self.log(f"[figures] launching: {' '.join(command[1:])}")

@@ -7,9 +7,10 @@ Claim tested: an input-dependent (selective) recurrence such as the Linear CDE o
 the term, the third order S^{123} needing depth or a nonlinearity, while LTI models (S4, S5) stay
 near the predict-zero line; ssm_lab's DeepSSM cores (lru, l2n, tv) are put beside them.
 
-The backbone models (S4, S5, Mamba) run with and without the nonlinearity (GLU mixing or a plain
-Linear); the LCDE has no mixing, as in the paper; the DeepSSM cores run with their certified
-LGLU only (DeepSSM has no linear static layer).
+Every model but the LCDE runs with and without the nonlinearity: the backbone models (S4, S5,
+Mamba) with GLU mixing or a plain Linear (model.nonlinear), the DeepSSM cores with their certified
+LGLU or the certified linear static layer (model.ff=Linear, ||W||_2 bounded, no nonlinearity). The
+LCDE has no mixing, as in the paper. Smoke runs the DeepSSM core with LGLU only.
 """
 
 from __future__ import annotations
@@ -29,13 +30,17 @@ EXPERIMENT = "toy_signature"
 RANDOM_FEATURES = "lcde_random_ols"  # a horizontal line: nothing to learn over steps
 LCDE = "lcde"  # no mixing layer, as in the paper: one variant per depth
 METRIC = "rmse"
-#: backbone: models swept over model.nonlinear; deep_ssm: DeepSSM cores (LGLU only). Smoke keeps
-#: one model of each kind to stay within minutes on 2 CPU cores.
+DEEP_SSM_FF = ("LGLU", "Linear")  # with and without the nonlinearity, both certified
+#: backbone: models swept over model.nonlinear; deep_ssm: DeepSSM cores swept over deep_ssm_ff
+#: (model.ff). Smoke keeps one model of each kind, the DeepSSM core with LGLU only, to stay within
+#: minutes on 2 CPU cores.
 SWEEPS = {
-    "smoke": {"dims": (2, 3), "depths": (1,), "backbone": ("mamba",), "deep_ssm": ("l2n",)},
-    "small": {"dims": (2, 3), "depths": (1, 2), "backbone": ("s4", "s5", "mamba"), "deep_ssm": ("lru", "l2n", "tv")},
-    "paper": {"dims": (2, 3), "depths": (1, 2), "backbone": ("s4", "s5", "mamba"), "deep_ssm": ("lru", "l2n", "tv")},
-}
+    "smoke": {"dims": (2, 3), "depths": (1,), "backbone": ("mamba",), "deep_ssm": ("l2n",), "deep_ssm_ff": ("LGLU",)},
+    "small": {"dims": (2, 3), "depths": (1, 2), "backbone": ("s4", "s5", "mamba"), "deep_ssm": ("lru", "l2n", "tv"),
+              "deep_ssm_ff": DEEP_SSM_FF},
+    "paper": {"dims": (2, 3), "depths": (1, 2), "backbone": ("s4", "s5", "mamba"), "deep_ssm": ("lru", "l2n", "tv"),
+              "deep_ssm_ff": DEEP_SSM_FF},
+}  # fmt: skip
 
 
 def needed_runs(scale: str, done: pd.DataFrame) -> list[Run]:
@@ -48,17 +53,23 @@ def needed_runs(scale: str, done: pd.DataFrame) -> list[Run]:
                 runs += [
                     run(model=model, **data, **{"model.n_layers": depth, "model.nonlinear": nl}) for nl in (True, False)
                 ]
-            runs += [run(model=model, **data, **{"model.n_layers": depth}) for model in (LCDE, *sweep["deep_ssm"])]
+            runs.append(run(model=LCDE, **data, **{"model.n_layers": depth}))
+            runs += [
+                run(model=model, **data, **{"model.n_layers": depth, "model.ff": ff})
+                for model in sweep["deep_ssm"]
+                for ff in sweep["deep_ssm_ff"]
+            ]
         runs.append(run(model=RANDOM_FEATURES, **data))
     return runs
 
 
 def variant(row: pd.Series) -> str:
-    """ "mamba x2 (glu)": model, depth and the layer after each core (its static layer, "linear"
-    when model.nonlinear=false, "no mixing" for the LCDE)."""
+    """ "mamba x2 (glu)", "l2n x2 (LGLU)": model, depth and the layer after each core (its static
+    layer; "linear" when there is no nonlinearity: model.nonlinear=false or a DeepSSM's ff=Linear;
+    "no mixing" for the LCDE)."""
     nonlinear = row.get("model.nonlinear")  # NaN for a DeepSSM, which has no such key
     if isinstance(row.get("model.ff"), str):  # a DeepSSM
-        kind = row["model.ff"]
+        kind = "linear" if row["model.ff"] == "Linear" else row["model.ff"]
     elif row.get("model.mixing") == "none":
         kind = "no mixing"
     elif pd.notna(nonlinear) and not bool(nonlinear):

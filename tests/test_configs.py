@@ -72,6 +72,18 @@ def test_scales_grow(make_config):
         assert budgets[0][key] < budgets[1][key] < budgets[2][key], key
 
 
+def test_paper_scale_gives_each_model_its_learning_rate(make_config):
+    """A5 protocol of Cirone et al. 2024: 1e-4 for the Transformer and RNNs, 3e-4 for S4/S5/Mamba/LCDE;
+    the optimizer (and the recurrence parameters' own lr) follow, other scales keep one lr for all."""
+    transformer, s4 = (make_config("scale=paper", f"model={m}") for m in ("transformer", "s4"))
+    assert transformer.optim.optimizer.lr == transformer.optim.recurrence_lr == pytest.approx(1e-4)
+    assert s4.optim.optimizer.lr == s4.optim.recurrence_lr == pytest.approx(3e-4)
+    assert make_config("scale=paper", "experiment=a5_lru").optim.optimizer.lr == pytest.approx(3e-4)  # preset's model
+    assert {make_config("scale=small", f"model={m}").optim.optimizer.lr for m in ("transformer", "s4")} == {1e-3}
+    table = make_config("scale=paper").scale.lr_per_model
+    assert set(table) == set(_options("model")), "every model needs its paper lr in configs/scale/paper.yaml"
+
+
 @pytest.mark.parametrize("experiment", _options("experiment"))
 def test_every_experiment_preset_runs_at_smoke_scale(make_config, train, experiment):
     summary = train(f"experiment={experiment}")

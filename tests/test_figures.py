@@ -85,9 +85,11 @@ def toy_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
         curves += [
             {"run_dir": f"r{index}", "step": s, "split": "val", "metric": "rmse", "value": 1.0 / s} for s in (20, 40)
         ]
-    for dim in (2, 3):
-        rows.append({"run_dir": f"l2n{dim}", "choices.model": "l2n", "data.dim": dim, "model.n_layers": 2,
-                     "model.ff": "LGLU", "final.val/rmse": 0.05})  # fmt: skip
+    for dim, ff in itertools.product((2, 3), ("LGLU", "Linear")):
+        rows.append({"run_dir": f"l2n{dim}{ff}", "choices.model": "l2n", "data.dim": dim, "model.n_layers": 2,
+                     "model.ff": ff, "final.val/rmse": 0.05})  # fmt: skip
+        curves += [{"run_dir": f"l2n{dim}{ff}", "step": s, "split": "val", "metric": "rmse", "value": 0.5 / s}
+                   for s in (20, 40)]  # fmt: skip
         rows.append({"run_dir": f"rf{dim}", "choices.model": "lcde_random_ols", "data.dim": dim, "model.n_layers": 1,
                      "model.mixing": "none", "model.nonlinear": True, "final.val/rmse": 0.3})  # fmt: skip
     return pd.DataFrame(rows), pd.DataFrame(curves)
@@ -100,14 +102,32 @@ def test_toy_signature_plot_draws_curves_per_dimension_with_baselines():
     assert len(axes) == 2
     labels = [line.get_label() for line in axes[0].lines]
     assert "mamba x1 (glu)" in labels and "mamba x1 (linear)" in labels and "lcde x1 (no mixing)" in labels
-    assert "l2n x2 (LGLU)" in labels
+    assert "l2n x2 (LGLU)" in labels and "l2n x2 (linear)" in labels
+    styles = {line.get_label(): line.get_linestyle() for line in axes[0].lines}
+    assert styles["l2n x2 (linear)"] == styles["mamba x1 (linear)"] == "--" and styles["l2n x2 (LGLU)"] == "-"
     assert "predict zero" in labels and "random LCDE + least squares" in labels
     zero = next(line for line in axes[1].lines if line.get_label() == "predict zero")
     assert zero.get_ydata()[0] == 0.2
     table = drawing.tables["table"].set_index("variant")
     assert table.loc["predict zero", "val RMSE 2D"] == 0.4
     assert table.loc["lcde_random_ols x1 (no mixing)", "val RMSE 3D"] == pytest.approx(0.3)
-    assert len(table) == 6  # 3 variants, l2n, the random features and predict zero
+    assert len(table) == 7  # 3 variants, l2n with and without the nonlinearity, the random features, predict zero
+    assert table.loc["l2n x2 (linear)", "val RMSE 3D"] == pytest.approx(0.05)
+
+
+def test_toy_signature_sweeps_deep_ssm_cores_with_and_without_the_nonlinearity():
+    empty = pd.DataFrame(columns=["run_dir"])
+    for scale in ("small", "paper"):
+        sweep = toy_signature.SWEEPS[scale]
+        deep = [r for r in toy_signature.needed_runs(scale, empty) if "model.ff" in r.settings]
+        assert {(r.model, r.settings["model.ff"]) for r in deep} == {
+            (model, ff) for model in sweep["deep_ssm"] for ff in ("LGLU", "Linear")
+        }
+        grid = {(r.model, r.settings["model.ff"], r.settings["data.dim"], r.settings["model.n_layers"]) for r in deep}
+        assert len(grid) == len(deep) == len(sweep["deep_ssm"]) * 2 * len(sweep["dims"]) * len(sweep["depths"])
+        assert {r.settings["model.n_layers"] for r in deep} == {"1", "2"}
+    smoke = [r for r in toy_signature.needed_runs("smoke", empty) if "model.ff" in r.settings]
+    assert {(r.model, r.settings["model.ff"]) for r in smoke} == {("l2n", "LGLU")}  # one model of each kind
 
 
 def sysid_runs() -> pd.DataFrame:
@@ -184,6 +204,24 @@ def write_record(session: Session, experiment: str, needed: Run, summary: dict) 
     cfg = compose_config((*session.base_overrides(experiment), *needed.overrides))
     (path / CONFIG).write_text(OmegaConf.to_yaml(cfg))
     write_summary(path, {"status": "completed", "seed": 0, **summary})
+
+
+def test_hydra_overrides_reach_the_multirun_but_not_the_run_identity(tmp_path):
+    """`--set hydra.launcher.n_jobs=12` sizes the joblib pool; the runs it launches are the ones the
+    harness looks for (same run_dir as without it), while `--set seed=1` makes other runs."""
+    folders = {"results_dir": tmp_path / "results", "data_dir": tmp_path / "data"}
+    plain = Session("small", **folders, launcher="joblib", extra=("seed=1",))
+    sized = Session("small", **folders, launcher="joblib", extra=("seed=1", "hydra.launcher.n_jobs=12"))
+    needed = run(model="lru", **{"model.n_layers": 2, "data.seq_len": 12})
+    assert sized.base_overrides("a5_min_depth") == plain.base_overrides("a5_min_depth")
+    assert sized.launch_overrides() == ["hydra/launcher=joblib", "hydra.launcher.n_jobs=12"]
+    expected = sized.run_path("a5_min_depth", needed)
+    assert expected == plain.run_path("a5_min_depth", needed)
+    # what a job of the multirun composes: the launch overrides included, the same run folder
+    launched = compose_config((*sized.base_overrides("a5_min_depth"), *needed.overrides, *sized.launch_overrides()))
+    assert run_dir_of(launched) == expected
+    other_seed = Session("small", **folders, launcher="joblib", extra=("seed=2", "hydra.launcher.n_jobs=12"))
+    assert other_seed.run_path("a5_min_depth", needed) != expected
 
 
 def test_missing_runs_are_named_and_the_figure_marked_incomplete(tmp_path):
