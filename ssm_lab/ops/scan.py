@@ -187,16 +187,16 @@ class _ChunkedRecurrence(torch.autograd.Function):
         g = _chunked_states(successor, grad_states.contiguous(), None, ctx.chunk, reverse=True)
         grad_a = grad_h0 = None
         if ctx.needs_input_grad[0]:
-            first = torch.zeros_like(states[:, :1]) if h0 is None else h0.unsqueeze(1)
-            previous = torch.cat([first, states[:, :-1]], dim=1).conj()
-            if a.shape[1] == 1:  # constant a: sum over time (and batch when shared) without a product tensor
-                grad_a = torch.einsum("bln,bln->bn", g, previous).unsqueeze(1)
-                if a.shape[0] == 1:
-                    grad_a = grad_a.sum(0, keepdim=True)
+            if a.shape[1] == 1:  # constant a: sum over time of g_l conj(h_{l-1}), on slices (no shifted copy)
+                grad_a = torch.linalg.vecdot(states[:, :-1], g[:, 1:], dim=1)
+                if h0 is not None:
+                    grad_a = grad_a + h0.conj() * g[:, 0]
+                grad_a = grad_a.unsqueeze(1)
             else:
-                grad_a = g * previous
-                if a.shape[0] == 1:
-                    grad_a = grad_a.sum(0, keepdim=True)
+                first = torch.zeros_like(states[:, :1]) if h0 is None else h0.unsqueeze(1)
+                grad_a = g * torch.cat([first, states[:, :-1]], dim=1).conj()
+            if a.shape[0] == 1:
+                grad_a = grad_a.sum(0, keepdim=True)
         if h0 is not None and ctx.needs_input_grad[2]:
             grad_h0 = conj_a[:, 0] * g[:, 0]
         return grad_a, g, grad_h0, None
