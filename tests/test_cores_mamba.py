@@ -1,16 +1,18 @@
-"""The selective scan ops (loop reference vs chunked fast path, outputs and gradients) and the
-Mamba core's options."""
+"""The selective scan ops (loop reference vs the blocked fast path, outputs and gradients), the mode
+dispatch (Triton kernel on CUDA, torch path elsewhere) and the Mamba core's options."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 
 from ssm_lab.cores.mamba import Mamba
-from ssm_lab.ops.scan import linear_recurrence_ref
 from ssm_lab.ops.selective_scan import (
-    chunked_linear_recurrence,
+    kernel_applies,
     selective_scan,
+    selective_scan_by_mode,
     selective_scan_ref,
     signed_selective_scan,
     signed_selective_scan_ref,
@@ -30,19 +32,107 @@ def scan_inputs(batch=2, length=11, channels=3, n=4, dtype=torch.float64):
     return [t.requires_grad_(True) for t in (u, delta, A, B, C, D, h0)]
 
 
-@pytest.mark.parametrize(("reference", "fast"), PAIRS)
-@pytest.mark.parametrize("chunk_size", [1, 3, 4, 64])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_chunked_selective_scan_matches_the_loop(reference, fast, chunk_size, dtype):
-    tensors = scan_inputs(dtype=dtype)
-    tolerance = {"atol": 1e-10, "rtol": 1e-8} if dtype == torch.float64 else {"atol": 2e-5, "rtol": 2e-5}
+@pytest.mark.parametrize(("reference", "fast"), PAIRS, ids=["positive", "signed"])
+@pytest.mark.parametrize("length", [1, 7, 64, 1000])
+@pytest.mark.parametrize("chunk_size", [1, 3, 32])
+@pytest.mark.parametrize("optional", [True, False], ids=["with_D_h0", "no_D_h0"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_blocked_selective_scan_matches_the_loop(reference, fast, length, chunk_size, optional, dtype):
+    """Outputs, final state and the gradients of u, delta, A, B, C, D and the initial state."""
+    tensors = scan_inputs(length=length, dtype=dtype)
+    if not optional:
+        tensors = tensors[:5] + [None, None]
+    leaves = [t for t in tensors if t is not None]
+    tolerance = {"atol": 1e-10, "rtol": 1e-8} if dtype == torch.float64 else {"atol": 5e-5, "rtol": 5e-5}
+    generator = torch.Generator().manual_seed(3)
+    weights_y = torch.randn(2, length, 3, generator=generator, dtype=dtype)
+    weights_final = torch.randn(2, 3, 4, generator=generator, dtype=dtype)
     results = []
     for scan, kwargs in ((reference, {}), (fast, {"chunk_size": chunk_size})):
         y, final = scan(*tensors[:6], initial_state=tensors[6], **kwargs)
-        grads = torch.autograd.grad((y**2).sum() + (final * 1.5).sum(), tensors)
+        grads = torch.autograd.grad((y * weights_y).sum() + (final * weights_final).sum(), leaves)
         results.append((y, final, *grads))
     for ours, theirs in zip(*results, strict=True):
         torch.testing.assert_close(ours, theirs, **tolerance)
+
+
+def test_blocked_scan_promotes_mixed_dtypes_like_the_loop():
+    """A float32 A (a parameter) with float64 activations: the result is float64, as in the loop."""
+    u, delta, A, B, C, D, h0 = scan_inputs()
+    y, final = selective_scan(u, delta, A.float(), B, C, D, h0)
+    y_ref, final_ref = selective_scan_ref(u, delta, A.float(), B, C, D, h0)
+    assert y.dtype == final.dtype == torch.float64
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(final, final_ref)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_scan_mode_runs_the_torch_path_on_cpu(signed):
+    """Off CUDA the kernel does not apply: "scan" is the torch path, bit for bit (outputs and gradients)."""
+    tensors = scan_inputs(length=9)
+    assert not kernel_applies(*tensors)
+    results = {}
+    for mode in ("scan", "torch_scan", "loop"):
+        y, final = selective_scan_by_mode(*tensors, mode=mode, signed=signed, chunk_size=4)
+        results[mode] = (y, final, *torch.autograd.grad((y**2).sum() + final.sum(), tensors))
+    for ours, theirs in zip(results["scan"], results["torch_scan"], strict=True):
+        assert torch.equal(ours, theirs)
+    for ours, theirs in zip(results["scan"], results["loop"], strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-10, rtol=1e-8)
+
+
+def test_mamba_scan_mode_is_the_torch_scan_on_cpu():
+    torch.manual_seed(0)
+    core = Mamba(6, d_state=3, chunk_size=4).double()
+    x = torch.randn(2, 10, 6, dtype=torch.float64)
+    y_scan, (window_scan, state_scan) = core(x, mode="scan")
+    y_torch, (window_torch, state_torch) = core(x, mode="torch_scan")
+    assert torch.equal(y_scan, y_torch) and torch.equal(state_scan, state_torch)
+    assert torch.equal(window_scan, window_torch)
+
+
+def test_selective_scan_modes_are_checked():
+    tensors = scan_inputs()
+    with pytest.raises(ValueError, match="unknown selective scan mode 'fast'; choose one of scan, torch_scan, kernel"):
+        selective_scan_by_mode(*tensors, mode="fast")
+    with pytest.raises(ValueError, match="kernel"):  # no Triton here, or CPU tensors refused by the kernel
+        selective_scan_by_mode(*[t.float() for t in tensors], mode="kernel")
+    with pytest.raises(ValueError, match="L = 0"):
+        selective_scan(*scan_inputs(length=0))
+
+
+def _cuda_core_and_input(signed: bool, dtype: torch.dtype) -> tuple[Mamba, torch.Tensor]:
+    torch.manual_seed(0)
+    core = Mamba(8, d_state=4, eigenvalues="signed" if signed else "positive", chunk_size=16).cuda().to(dtype)
+    return core, torch.randn(2, 50, 8, device="cuda", dtype=dtype)
+
+
+def _outputs_and_gradients(core: Mamba, x: torch.Tensor, mode: str) -> list[torch.Tensor]:
+    state = core.default_state(x.shape[0], x.device)
+    state = (state[0], torch.randn(state[1].shape, generator=torch.Generator().manual_seed(4)).to(state[1]))
+    core.zero_grad()
+    y, (_, final) = core(x, state=state, mode=mode)
+    generator = torch.Generator().manual_seed(5)
+    weights = torch.randn(y.shape, generator=generator).to(y)
+    ((y * weights).sum() + final.sum()).backward()
+    return [y.detach(), final.detach(), *(p.grad.clone() for p in core.parameters())]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("signed", [False, True])
+def test_scan_mode_runs_the_kernel_on_cuda_and_matches_torch_scan(signed):
+    """On CUDA fp32 "scan" is the Triton kernel (bit for bit) and agrees with the torch path; float64
+    falls back to the torch path."""
+    core, x = _cuda_core_and_input(signed, torch.float32)
+    assert kernel_applies(x, core.D)
+    scan, kernel, torch_scan = (_outputs_and_gradients(core, x, mode) for mode in ("scan", "kernel", "torch_scan"))
+    for ours, theirs, reference in zip(scan, kernel, torch_scan, strict=True):
+        assert torch.equal(ours, theirs)
+        torch.testing.assert_close(ours, reference, atol=1e-4, rtol=1e-4)
+    core, x = _cuda_core_and_input(signed, torch.float64)
+    assert not kernel_applies(x, core.D)
+    for ours, theirs in zip(*(_outputs_and_gradients(core, x, mode) for mode in ("scan", "torch_scan")), strict=True):
+        assert torch.equal(ours, theirs)
 
 
 def test_signed_decays_go_negative_and_positive_ones_do_not():
@@ -59,30 +149,6 @@ def test_signed_decays_go_negative_and_positive_ones_do_not():
     decay = 2 * torch.exp(torch.tensor(-2.0, dtype=torch.float64)) - 1
     torch.testing.assert_close(y_signed[0, 1, 0], decay * 2 + 2)
     torch.testing.assert_close(y_plain[0, 1, 0], torch.exp(torch.tensor(-2.0, dtype=torch.float64)) * 2 + 2)
-
-
-@pytest.mark.parametrize("length", [1, 5, 16, 33])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
-def test_chunked_linear_recurrence_matches_the_reference_with_gradients(length, dtype):
-    """The hand-written backward (a reversed chunked scan) against autograd through the loop."""
-    generator = torch.Generator().manual_seed(1)
-    shape = (2, length, 3)
-    radius = torch.rand(shape, generator=generator, dtype=torch.float64)
-    if dtype == torch.complex128:
-        a = torch.polar(radius, torch.randn(shape, generator=generator, dtype=torch.float64))
-    else:
-        a = 2 * radius - 1
-    b = torch.randn(shape, generator=generator, dtype=dtype)
-    h0 = torch.randn(2, 3, generator=generator, dtype=dtype)
-    weights = torch.randn(shape, generator=generator, dtype=dtype)
-    results = []
-    for scan in (lambda *t: chunked_linear_recurrence(*t, chunk_size=4), linear_recurrence_ref):
-        leaves = [t.clone().requires_grad_(True) for t in (a, b, h0)]
-        states = scan(*leaves)
-        loss = (states * weights).real.sum() + (states.abs() ** 2).sum()
-        results.append((states, *torch.autograd.grad(loss, leaves)))
-    for ours, theirs in zip(*results, strict=True):
-        torch.testing.assert_close(ours, theirs)
 
 
 def test_scan_shapes_and_chunk_size_are_checked():
@@ -107,3 +173,22 @@ def test_scan_shapes_and_chunk_size_are_checked():
 def test_bad_mamba_options_are_errors(options, message):
     with pytest.raises(ValueError, match=message):
         Mamba(8, **options)
+
+
+def test_mamba_benchmark_smoke_on_cpu(tmp_path):
+    """The GPU benchmark's CPU smoke check: one row per path, each output checked against mode "scan"."""
+    from ssm_lab.bench.mamba import main
+
+    out = tmp_path / "mamba.jsonl"
+    sizes = ["--batch", "1", "--d-model", "8", "--d-state", "4", "--lengths", "9", "--repeats", "1"]
+    records = main(["--device", "cpu", *sizes, "--out", str(out)])
+    names = [record["name"] for record in records]
+    assert names == [
+        "ssm_lab Mamba scan (torch)",
+        "ssm_lab Mamba torch_scan (torch)",
+        "mamba-ssm Mamba block (CUDA kernel)",
+    ]
+    for record in records[:2]:
+        assert record["ms"] > 0 and record["relative_error_vs_scan"] == 0.0 and record["length"] == 9
+    assert "error" in records[2] or records[2]["relative_error_vs_scan"] < 1e-4
+    assert [json.loads(line)["name"] for line in out.read_text().splitlines()] == names

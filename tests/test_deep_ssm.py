@@ -177,3 +177,28 @@ def test_checkpointing_changes_memory_not_results(gamma):
     for got, expected in zip(results[True], results[False], strict=True):
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
     assert saved[True] < saved[False] / 3  # the blocks' activations are recomputed, not kept
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("param", ["lru", "l2n", "tv", "l2ru"])
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_cuda_network_matches_the_cpu_loop_reference(param, checkpoint):
+    """The whole network on CUDA (scan: the Triton recurrence) against the CPU loop: outputs,
+    final states, every gradient and the certified bound."""
+    gamma = None if param == "lru" else 1.5
+    model = make(param, ff="LGLU" if gamma else "GLU", gamma=gamma, checkpoint=checkpoint, d_model=16, d_state=16)
+    u = torch.randn(3, 200, 3)
+    reference = {}
+    y, states = model(u, mode="loop")
+    reference["y"], reference["states"] = y, states
+    reference["grads"] = torch.autograd.grad(y.square().sum(), list(model.parameters()))
+    cuda_model = model.cuda()
+    y, states = cuda_model(u.cuda(), mode="scan")
+    grads = torch.autograd.grad(y.square().sum(), list(cuda_model.parameters()))
+    torch.testing.assert_close(y.cpu(), reference["y"], atol=1e-4, rtol=1e-4)
+    for got, want in zip(states, reference["states"], strict=True):
+        torch.testing.assert_close(got.cpu(), want, atol=1e-4, rtol=1e-4)
+    for got, want in zip(grads, reference["grads"], strict=True):
+        torch.testing.assert_close(got.cpu(), want, atol=1e-3, rtol=1e-3)
+    if gamma is not None:
+        assert float(cuda_model.certified_gain_bound()) <= gamma * (1 + 1e-6)

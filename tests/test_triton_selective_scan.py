@@ -1,11 +1,17 @@
-"""The Triton selective-scan kernel against the torch loop reference (outputs, final state, every gradient)."""
+"""The Triton selective-scan kernel against the torch loop reference (outputs, final state, every gradient),
+and the "scan" mode's dispatch to it on CUDA."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from ssm_lab.ops.selective_scan import selective_scan_ref, signed_selective_scan_ref
+from ssm_lab.ops.selective_scan import (
+    kernel_applies,
+    selective_scan_by_mode,
+    selective_scan_ref,
+    signed_selective_scan_ref,
+)
 
 LENGTHS = (1, 7, 64, 1000, 4096)
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}
@@ -79,3 +85,29 @@ def test_kernel_refuses_cpu_and_float64_inputs() -> None:
         selective_scan(*[x.cpu() for x in inputs])
     with pytest.raises(ValueError, match="delta is torch.float64"):
         selective_scan(inputs[0], inputs[1].double(), *inputs[2:])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("length", (1, 64, 1000))
+@pytest.mark.parametrize("signed", [False, True], ids=["exp_decay", "signed_decay"])
+def test_scan_mode_dispatches_to_the_kernel_and_torch_scan_agrees(length: int, signed: bool) -> None:
+    """``selective_scan_by_mode``: "scan" on CUDA fp32 is the kernel (bit for bit, outputs and all seven
+    gradients) and agrees with the pure-torch "torch_scan"; float64 is outside the kernel, so "scan" is torch."""
+    torch.manual_seed(length)
+    inputs = _inputs(2, length, 40, 16, torch.float32)
+    assert kernel_applies(*inputs) and not kernel_applies(*(x.double() for x in inputs))
+    weights_y, weights_final = torch.randn(2, length, 40, device="cuda"), torch.randn(2, 40, 16, device="cuda")
+
+    def run(mode: str, dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+        leaves = [x.to(dtype).requires_grad_(True) for x in inputs]
+        y, final = selective_scan_by_mode(*leaves, mode=mode, signed=signed)
+        loss = (y * weights_y.to(dtype)).sum() + (final * weights_final.to(dtype)).sum()
+        return [y, final, *torch.autograd.grad(loss, leaves)]
+
+    scan, kernel, torch_scan = run("scan"), run("kernel"), run("torch_scan")
+    for name, ours, theirs, reference in zip(("y", "final", *NAMES), scan, kernel, torch_scan, strict=True):
+        assert torch.equal(ours, theirs), name
+        assert _relative_error(ours, reference) < TOLERANCE[torch.float32], name
+    for name, ours, theirs in zip(("y", "final", *NAMES), run("scan", torch.float64), run("torch_scan", torch.float64),
+                                  strict=True):  # fmt: skip
+        assert torch.equal(ours, theirs), name

@@ -7,10 +7,12 @@ Spaces"), E = expand * d_model channels:
 
 ``eigenvalues="signed"`` replaces the decay by 2 exp(delta A) - 1 in (-1, 1) (Grazzi et al. 2025,
 "Unlocking State-Tracking in Linear RNNs Through Negative Eigenvalues", ICLR), which lets a
-layer flip signs and so track parity-like state. Modes: "scan" (chunked pure-PyTorch selective
-scan), "kernel" (the Triton twin ``ssm_lab.ops.triton.selective_scan``: CUDA tensors only, an
-error elsewhere) and "loop" (``step`` token by token, the reference). ``integration_timesteps`` tau scale
-delta (irregular sampling); padded steps get delta = 0, so the state passes through unchanged.
+layer flip signs and so track parity-like state. Modes (``ssm_lab.ops.selective_scan.selective_scan_by_mode``):
+"scan" (the Triton kernel ``ssm_lab.ops.triton.selective_scan`` on CUDA tensors of fp32/bf16/fp16, else the
+pure-PyTorch blocked scan), "torch_scan" (the pure-PyTorch scan on any device), "kernel" (Triton forced: CUDA
+tensors only, an error elsewhere) and "loop" (``step`` token by token, the reference).
+``integration_timesteps`` tau scale delta (irregular sampling); padded steps get delta = 0, so the state
+passes through unchanged.
 """
 
 from __future__ import annotations
@@ -23,26 +25,17 @@ from torch import Tensor, nn
 from ssm_lab.cores.base import check_input, check_mode
 from ssm_lab.cores.s4d import log_uniform_steps
 from ssm_lab.cores.stepping import check_timesteps, step_through
-from ssm_lab.ops.selective_scan import positive_decay, selective_scan, signed_decay, signed_selective_scan
+from ssm_lab.ops.selective_scan import positive_decay, selective_scan_by_mode, signed_decay
 from ssm_lab.optim import mark_recurrence
 from ssm_lab.validation import check_positive
 
-EIGENVALUE_RANGES = {"positive": (positive_decay, selective_scan), "signed": (signed_decay, signed_selective_scan)}
-
-
-def _triton_scan(signed: bool):
-    """The Triton selective scan, imported on first use (Triton ships with CUDA builds of torch only)."""
-    try:
-        from ssm_lab.ops.triton import selective_scan as kernels
-    except ImportError as error:
-        raise ValueError(f"Mamba mode 'kernel' needs Triton (a CUDA build of torch): {error}") from error
-    return kernels.signed_selective_scan if signed else kernels.selective_scan
+EIGENVALUE_RANGES = {"positive": positive_decay, "signed": signed_decay}
 
 
 class Mamba(nn.Module):
     """x: (B, L, d_model) -> y: (B, L, d_model); state: (conv window (B, d_conv - 1, E), ssm state (B, E, N))."""
 
-    modes = ("scan", "kernel", "loop")
+    modes = ("scan", "torch_scan", "kernel", "loop")
     time_varying = True
 
     def __init__(
@@ -67,7 +60,7 @@ class Mamba(nn.Module):
         self.d_inner = expand * d_model
         self.dt_rank = dt_rank or math.ceil(d_model / 16)
         self.signed = eigenvalues == "signed"
-        self.decay_of, self.scan = EIGENVALUE_RANGES[eigenvalues]
+        self.decay_of = EIGENVALUE_RANGES[eigenvalues]
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
         self.conv = nn.Conv1d(self.d_inner, self.d_inner, d_conv, groups=self.d_inner)
         self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
@@ -119,10 +112,9 @@ class Mamba(nn.Module):
             valid = torch.arange(x.shape[1], device=x.device) < lengths.to(x.device).unsqueeze(1)
             delta = delta * valid.unsqueeze(-1).to(delta.dtype)
         A = -torch.exp(self.A_log)
-        if mode == "kernel":
-            y, ssm_state = _triton_scan(self.signed)(u, delta, A, B, C, self.D, ssm_state)
-        else:
-            y, ssm_state = self.scan(u, delta, A, B, C, self.D, ssm_state, self.chunk_size)
+        y, ssm_state = selective_scan_by_mode(
+            u, delta, A, B, C, self.D, ssm_state, mode=mode, signed=self.signed, chunk_size=self.chunk_size
+        )
         return self.out_proj(y * nn.functional.silu(gate)), (self._last_window(history, lengths), ssm_state)
 
     def _causal_conv(self, history: Tensor) -> Tensor:

@@ -5,124 +5,39 @@ Selective State Spaces"), channels last, with the discretisation fused:
 
 u, delta: (B, L, D) (delta already positive), A: (D, N), B, C: (B, L, N), D: (D,),
 state: (B, D, N). ``selective_scan_ref`` is the plain loop (the reference); ``selective_scan`` the
-chunked pure-PyTorch fast path. The ``signed_*`` twins use the decay 2 exp(delta A) - 1 in (-1, 1)
-(Grazzi et al. 2025, "Unlocking State-Tracking in Linear RNNs Through Negative Eigenvalues").
+pure-PyTorch fast path (time blocks, states recomputed in the backward). The ``signed_*`` twins use
+the decay 2 exp(delta A) - 1 in (-1, 1) (Grazzi et al. 2025, "Unlocking State-Tracking in Linear
+RNNs Through Negative Eigenvalues"). ``selective_scan_by_mode(..., mode="scan")`` runs the Triton
+kernel (``ssm_lab.ops.triton.selective_scan``) on CUDA tensors of a dtype it supports and the torch
+path otherwise; "torch_scan" forces the torch path, "kernel" the Triton kernel, "loop" the reference.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from ssm_lab.ops.scan import linear_recurrence
+try:  # Triton ships with CUDA builds of torch; CPU installs run the torch paths only
+    from ssm_lab.ops.triton import selective_scan as triton_selective_scan
+except ImportError:
+    triton_selective_scan = None
 
 __all__ = [
-    "chunk_major_recurrence",
-    "chunked_linear_recurrence",
+    "MODES",
+    "kernel_applies",
     "positive_decay",
     "selective_scan",
+    "selective_scan_by_mode",
     "selective_scan_ref",
     "signed_decay",
     "signed_selective_scan",
     "signed_selective_scan_ref",
 ]
 
-DEFAULT_CHUNK_SIZE = 32
-
-
-def to_chunk_major(x: Tensor, chunk: int) -> Tensor:
-    """(B, L, ...) -> (T, B, L / T, ...), position l = c T + t at [t, :, c]; L must divide by T."""
-    return x.reshape(x.shape[0], x.shape[1] // chunk, chunk, *x.shape[2:]).movedim(2, 0)
-
-
-def from_chunk_major(x: Tensor) -> Tensor:
-    """Inverse of ``to_chunk_major``: (T, B, C, ...) -> (B, C T, ...)."""
-    x = x.movedim(0, 2)
-    return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
-
-
-def chunked_linear_recurrence(
-    a: Tensor, b: Tensor, h0: Tensor | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE
-) -> Tensor:
-    """Every state of h_t = a_t * h_{t-1} + b_t for a, b: (B, L, *S), h0: (B, *S) -> (B, L, *S).
-
-    A layout wrapper around ``chunk_major_recurrence`` (padding L to a multiple of the chunk)."""
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    if a.shape != b.shape or a.dim() < 3:
-        raise ValueError(f"a and b must share a shape (B, L, ...), got {tuple(a.shape)} and {tuple(b.shape)}")
-    batch, length, *state_shape = b.shape
-    chunk = min(chunk_size, length)
-    pad = (-length) % chunk
-    if pad:  # identity steps: decay 1, input 0
-        a = torch.cat([a, a.new_ones(batch, pad, *state_shape)], dim=1)
-        b = torch.cat([b, b.new_zeros(batch, pad, *state_shape)], dim=1)
-    states = chunk_major_recurrence(to_chunk_major(a, chunk), to_chunk_major(b, chunk), h0)
-    return from_chunk_major(states)[:, :length]
-
-
-def chunk_major_recurrence(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Tensor:
-    """The recurrence h_l = a_l h_{l-1} + b_l on chunk-major tensors a, b: (T, B, C, *S), l = c T + t.
-
-    Pass 1 runs the recurrence inside every chunk at once from a zero state (T vectorised steps
-    over contiguous slices) and keeps the running decay products P_t; the chunk-end states are
-    joined by a parallel scan over chunks (carry_c = P_end,c carry_{c-1} + local_end,c); then
-    h = local + P carry_in. Only products of decays appear (no division by a cumulative
-    product), so it is stable for any |a| <= 1, signs included, in T + log C sequential steps.
-    The backward pass is the same scan reversed in time (``_ChunkMajorRecurrence``), so autograd
-    keeps the states once, not every intermediate of the T steps.
-    """
-    if a.shape != b.shape or a.dim() < 3:
-        raise ValueError(f"a and b must share a shape (T, B, C, ...), got {tuple(a.shape)} and {tuple(b.shape)}")
-    if h0 is not None and h0.shape != (b.shape[1], *b.shape[3:]):
-        raise ValueError(f"initial state must be (B, ...) = {(b.shape[1], *b.shape[3:])}, got {tuple(h0.shape)}")
-    return _ChunkMajorRecurrence.apply(a, b, h0)
-
-
-def _chunk_major_states(a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
-    # written in place into preallocated (T, B, C, *S) buffers: this runs without autograd
-    local_states, decays = torch.empty_like(b), torch.empty_like(a)
-    local_states[0], decays[0] = b[0], a[0]
-    for t in range(1, a.shape[0]):
-        torch.addcmul(b[t], a[t], local_states[t - 1], out=local_states[t])
-        torch.mul(decays[t - 1], a[t], out=decays[t])
-    batch, n_chunks = b.shape[1], b.shape[2]
-    flat = (batch, n_chunks, -1)
-    h0_flat = None if h0 is None else h0.reshape(batch, -1)
-    carries = linear_recurrence(decays[-1].reshape(flat), local_states[-1].reshape(flat), h0_flat, mode="scan")
-    first = torch.zeros_like(carries[:, :1]) if h0 is None else h0_flat.unsqueeze(1)
-    incoming = torch.cat([first, carries[:, :-1]], 1).reshape(b.shape[1:])
-    return torch.addcmul(local_states, decays, incoming)
-
-
-class _ChunkMajorRecurrence(torch.autograd.Function):
-    """Forward: ``_chunk_major_states``. Backward: with g_l = dLoss/dh_l through all later steps,
-    g_l = grad_l + conj(a_{l+1}) g_{l+1} (the same recurrence reversed in time: flipping both the
-    step and the chunk axes reverses l), then dLoss/db_l = g_l, dLoss/da_l = g_l conj(h_{l-1}),
-    dLoss/dh0 = conj(a_0) g_0 (conjugates for complex inputs, PyTorch's convention)."""
-
-    @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
-        states = _chunk_major_states(a, b, h0)
-        ctx.save_for_backward(a, states, h0)
-        return states
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_states: Tensor):
-        a, states, h0 = ctx.saved_tensors
-        # a_{l+1}: the next step in the chunk, or the first of the next chunk; 1 after the end
-        next_chunk_first = torch.cat([a[:1, :, 1:], torch.ones_like(a[:1, :, :1])], dim=2)
-        successor = torch.cat([a[1:], next_chunk_first], dim=0).conj()
-        g = _chunk_major_states(successor.flip(0, 2), grad_states.flip(0, 2), None).flip(0, 2)
-        grad_a = torch.empty_like(g)
-        torch.mul(g[1:], states[:-1].conj(), out=grad_a[1:])
-        start = torch.zeros_like(states[0, :, :1]) if h0 is None else h0.unsqueeze(1)
-        grad_a[0] = g[0] * torch.cat([start, states[-1, :, :-1]], dim=1).conj()  # h_{l-1} from the previous chunk
-        grad_h0 = None if h0 is None else a[0, :, 0].conj() * g[0, :, 0]
-        return grad_a, g, grad_h0
+DEFAULT_CHUNK_SIZE = 32  # steps per time block of the chunked scans
 
 
 def _check_shapes(
@@ -169,25 +84,131 @@ def _loop(u, delta, A, B, C, D, h0, decay_of: Callable[[Tensor], Tensor]) -> tup
     return (y if D is None else y + D * u), h
 
 
-def _chunked(u, delta, A, B, C, D, h0, chunk_size, decay_of: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
-    """The (B, L, D, N) tensors are built directly in chunk-major layout (only the small (B, L, D)
-    and (B, L, N) inputs are rearranged), so no big tensor is ever copied between layouts."""
+def _decay_(exponent: Tensor, signed: bool) -> Tensor:
+    """In place: exponent -> exp(exponent), or 2 exp(exponent) - 1 for the signed scan."""
+    exponent.exp_()
+    return exponent.mul_(2).sub_(1) if signed else exponent
+
+
+def _block_states(states: Tensor, decays: Tensor, delta: Tensor, drive: Tensor, B: Tensor, A: Tensor, signed: bool):
+    """One time block, time-major: with states[0] = h_{s-1} on entry, fill decays[t] = decay(delta_{s+t} A)
+    and states[t + 1] = h_{s+t} for the n = delta.shape[0] steps of the block.
+
+    states: (n + 1, B, D, N), decays: (n, B, D, N); delta, drive = delta u: (n, B, D); B: (n, B, N)."""
+    _decay_(torch.mul(delta.unsqueeze(-1), A, out=decays), signed)
+    torch.mul(drive.unsqueeze(-1), B.unsqueeze(-2), out=states[1:])
+    for t in range(delta.shape[0]):  # h_t = decay_t h_{t-1} + delta_t B_t u_t, in place on (B, D, N) slices
+        states[t + 1].addcmul_(decays[t], states[t])
+
+
+def _contract(states: Tensor, vectors: Tensor) -> Tensor:
+    """sum_n states[..., d, n] vectors[..., n]: (T, B, D, N), (T, B, N) -> (T, B, D), as one batched matmul."""
+    steps, batch, channels, size = states.shape
+    return torch.bmm(states.reshape(-1, channels, size), vectors.reshape(-1, size, 1)).view(steps, batch, channels)
+
+
+def _contract_channels(states: Tensor, weights: Tensor) -> Tensor:
+    """sum_d states[..., d, n] weights[..., d]: (T, B, D, N), (T, B, D) -> (T, B, N)."""
+    steps, batch, channels, size = states.shape
+    flat = states.reshape(-1, channels, size).transpose(1, 2)
+    return torch.bmm(flat, weights.reshape(-1, channels, 1)).view(steps, batch, size)
+
+
+def _time_major(*tensors: Tensor) -> list[Tensor]:
+    """(B, L, ...) -> contiguous (L, B, ...): each step's slice is then one contiguous block."""
+    return [x.transpose(0, 1).contiguous() for x in tensors]
+
+
+class _BlockedSelectiveScan(torch.autograd.Function):
+    """The selective scan over time blocks of ``block`` steps, never holding more than one block's
+    (block, B, D, N) states: the forward keeps only the state entering each block (the checkpoints);
+    the backward recomputes a block's states from its checkpoint, newest block first, and runs the
+    adjoint g_t = C_t dy_t + decay_{t+1} g_{t+1} (g_{L-1} also gets dLoss/dh_final). With x_t = delta_t A,
+    the exponent of the decay, and s_t = d decay_t / d x_t (decay_t, or decay_t + 1 when signed):
+
+        dx_t = g_t s_t h_{t-1},   d(delta u)_t = sum_n g_t B_t,   dB_t = sum_d g_t (delta u)_t,
+        dC_t = sum_d dy_t h_t,   d delta_t = sum_n dx_t A + u_t d(delta u)_t,   du_t = delta_t d(delta u)_t,
+        dA = sum_{b, t} dx_t delta_t,   d initial_state = decay_0 g_0.
+    """
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, h0, block: int, signed: bool):
+        delta_t, u_t, B_t, C_t = _time_major(delta, u, B, C)
+        drive_t = delta_t * u_t
+        length, batch, channels = delta_t.shape
+        size = A.shape[1]
+        block = min(block, length)
+        starts = range(0, length, block)
+        checkpoints = delta.new_empty(len(starts), batch, channels, size)
+        states = delta.new_empty(block + 1, batch, channels, size)
+        decays = delta.new_empty(block, batch, channels, size)
+        y_t = delta.new_empty(length, batch, channels)
+        if h0 is None:
+            states[0].zero_()
+        else:
+            states[0].copy_(h0)
+        for index, start in enumerate(starts):
+            steps = slice(start, start + block)
+            n = len(range(length)[steps])
+            if index:
+                states[0].copy_(states[block])
+            checkpoints[index].copy_(states[0])
+            _block_states(states[: n + 1], decays[:n], delta_t[steps], drive_t[steps], B_t[steps], A, signed)
+            y_t[steps] = _contract(states[1 : n + 1], C_t[steps])
+        ctx.save_for_backward(u_t, delta_t, drive_t, A, B_t, C_t, checkpoints)
+        ctx.block, ctx.signed, ctx.has_h0 = block, signed, h0 is not None
+        return y_t.transpose(0, 1).contiguous(), states[n].clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y: Tensor | None, grad_final: Tensor | None):
+        u_t, delta_t, drive_t, A, B_t, C_t, checkpoints = ctx.saved_tensors
+        block, signed = ctx.block, ctx.signed
+        length, batch, channels = delta_t.shape
+        size = A.shape[1]
+        grad_y_t = torch.zeros_like(delta_t) if grad_y is None else grad_y.transpose(0, 1).contiguous()
+        # dLoss/dh at the end of the current block through all later steps
+        carry = delta_t.new_zeros(batch, channels, size) if grad_final is None else grad_final.clone()
+        states = delta_t.new_empty(block + 1, batch, channels, size)
+        decays = delta_t.new_empty(block, batch, channels, size)
+        adjoints = delta_t.new_empty(block, batch, channels, size)
+        grad_drive_t, grad_delta_t = torch.empty_like(delta_t), torch.empty_like(delta_t)
+        grad_B_t, grad_C_t = torch.empty_like(B_t), torch.empty_like(C_t)
+        grad_A = torch.zeros_like(A)
+        for index in reversed(range(checkpoints.shape[0])):
+            steps = slice(index * block, index * block + block)
+            n = len(range(length)[steps])
+            states[0].copy_(checkpoints[index])
+            decay, state, adjoint = decays[:n], states[: n + 1], adjoints[:n]
+            _block_states(state, decay, delta_t[steps], drive_t[steps], B_t[steps], A, signed)
+            torch.mul(grad_y_t[steps].unsqueeze(-1), C_t[steps].unsqueeze(-2), out=adjoint)
+            adjoint[n - 1].add_(carry)
+            for t in range(n - 2, -1, -1):
+                adjoint[t].addcmul_(decay[t + 1], adjoint[t + 1])
+            torch.mul(decay[0], adjoint[0], out=carry)
+            grad_C_t[steps] = _contract_channels(state[1:], grad_y_t[steps])
+            grad_drive_t[steps] = _contract(adjoint, B_t[steps])
+            grad_B_t[steps] = _contract_channels(adjoint, drive_t[steps])
+            grad_exponent = (decay.add_(1) if signed else decay).mul_(adjoint).mul_(state[:n])  # dx_t, in place
+            grad_delta_t[steps] = torch.mul(grad_exponent, A, out=adjoint).sum(-1)
+            grad_A += grad_exponent.mul_(delta_t[steps].unsqueeze(-1)).sum((0, 1))
+        grad_delta_t.addcmul_(u_t, grad_drive_t)
+        grad_u_t = grad_drive_t.mul_(delta_t)
+        grad_u, grad_delta, grad_B, grad_C = (x.transpose(0, 1) for x in (grad_u_t, grad_delta_t, grad_B_t, grad_C_t))
+        return grad_u, grad_delta, grad_A, grad_B, grad_C, carry if ctx.has_h0 else None, None, None
+
+
+def _blocked(u, delta, A, B, C, D, h0, chunk_size: int, signed: bool) -> tuple[Tensor, Tensor]:
     _check_shapes(u, delta, A, B, C, D, h0)
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    length = u.shape[1]
-    chunk = min(chunk_size, length)
-    pad = (-length) % chunk
-
-    def rearranged(x: Tensor) -> Tensor:  # padding steps have delta = 0: decay 1, input 0
-        return to_chunk_major(nn.functional.pad(x, (0, 0, 0, pad)), chunk)
-
-    u_c, delta_c, B_c, C_c = (rearranged(x) for x in (u, delta, B, C))
-    decay = decay_of(delta_c.unsqueeze(-1) * A)  # (T, B, C, D, N)
-    inputs = (delta_c * u_c).unsqueeze(-1) * B_c.unsqueeze(-2)
-    states = chunk_major_recurrence(decay, inputs, h0)
-    y = from_chunk_major(torch.einsum("tbcdn,tbcn->tbcd", states, C_c))[:, :length]
-    return (y if D is None else y + D * u), states[-1, :, -1]
+    if u.shape[1] == 0:
+        raise ValueError("the selective scan needs at least one step, got L = 0")
+    tensors = [x for x in (u, delta, A, B, C, D, h0) if x is not None]
+    dtype = functools.reduce(torch.promote_types, (x.dtype for x in tensors))
+    u, delta, A, B, C = (x.to(dtype) for x in (u, delta, A, B, C))
+    y, final = _BlockedSelectiveScan.apply(u, delta, A, B, C, None if h0 is None else h0.to(dtype), chunk_size, signed)
+    return (y if D is None else y + D * u), final
 
 
 def selective_scan_ref(u, delta, A, B, C, D=None, initial_state=None) -> tuple[Tensor, Tensor]:
@@ -196,10 +217,19 @@ def selective_scan_ref(u, delta, A, B, C, D=None, initial_state=None) -> tuple[T
 
 
 def selective_scan(
-    u, delta, A, B, C, D=None, initial_state=None, chunk_size=DEFAULT_CHUNK_SIZE
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    initial_state: Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[Tensor, Tensor]:
-    """Chunked scan (``chunked_linear_recurrence``), same results as ``selective_scan_ref``."""
-    return _chunked(u, delta, A, B, C, D, initial_state, chunk_size, positive_decay)
+    """Pure-PyTorch scan in time blocks of ``chunk_size`` steps (``_BlockedSelectiveScan``): the same
+    results as ``selective_scan_ref``, with (chunk_size, B, D, N) states in memory instead of (B, L, D, N).
+    Inputs are promoted to one dtype; returns (y: (B, L, D), final_state: (B, D, N))."""
+    return _blocked(u, delta, A, B, C, D, initial_state, chunk_size, signed=False)
 
 
 def signed_selective_scan_ref(u, delta, A, B, C, D=None, initial_state=None) -> tuple[Tensor, Tensor]:
@@ -208,7 +238,60 @@ def signed_selective_scan_ref(u, delta, A, B, C, D=None, initial_state=None) -> 
 
 
 def signed_selective_scan(
-    u, delta, A, B, C, D=None, initial_state=None, chunk_size=DEFAULT_CHUNK_SIZE
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    initial_state: Tensor | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[Tensor, Tensor]:
-    """Chunked twin of ``signed_selective_scan_ref``."""
-    return _chunked(u, delta, A, B, C, D, initial_state, chunk_size, signed_decay)
+    """Blocked twin of ``signed_selective_scan_ref``."""
+    return _blocked(u, delta, A, B, C, D, initial_state, chunk_size, signed=True)
+
+
+def kernel_applies(*tensors: Tensor | None) -> bool:
+    """Whether ``mode="scan"`` runs the Triton kernel: Triton imports and every given tensor is a CUDA
+    tensor of a dtype the kernel takes (``SUPPORTED_DTYPES``: fp32, bf16, fp16); None entries are skipped."""
+    if triton_selective_scan is None:
+        return False
+    given = [x for x in tensors if x is not None]
+    return all(x.is_cuda and x.dtype in triton_selective_scan.SUPPORTED_DTYPES for x in given)
+
+
+def _kernel(signed: bool) -> Callable[..., tuple[Tensor, Tensor]]:
+    if triton_selective_scan is None:
+        raise ValueError(
+            "selective scan mode 'kernel' needs Triton (a CUDA build of torch); use 'scan' or 'torch_scan'"
+        )
+    return triton_selective_scan.signed_selective_scan if signed else triton_selective_scan.selective_scan
+
+
+MODES = ("scan", "torch_scan", "kernel", "loop")
+
+
+def selective_scan_by_mode(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    initial_state: Tensor | None = None,
+    mode: str = "scan",
+    signed: bool = False,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> tuple[Tensor, Tensor]:
+    """Dispatch on ``mode``: "scan" (the Triton kernel where ``kernel_applies``, else the torch path),
+    "torch_scan" (``selective_scan``, any device), "kernel" (Triton; CUDA tensors of fp32/bf16/fp16 only,
+    a ValueError elsewhere), "loop" (``selective_scan_ref``). ``signed`` picks the 2 exp(delta A) - 1 decay."""
+    if mode not in MODES:
+        raise ValueError(f"unknown selective scan mode {mode!r}; choose one of {', '.join(MODES)}")
+    args = (u, delta, A, B, C, D, initial_state)
+    if mode == "kernel" or (mode == "scan" and kernel_applies(*args)):
+        _check_shapes(*args)
+        return _kernel(signed)(*args)
+    if mode == "loop":
+        return (signed_selective_scan_ref if signed else selective_scan_ref)(*args)
+    return (signed_selective_scan if signed else selective_scan)(*args, chunk_size=chunk_size)
