@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from ssm_lab.cores.lcde import LinearCDE, dormand_prince_affine
-from ssm_lab.ops.matrix_scan import matrix_recurrence, matrix_recurrence_ref, matrix_recurrence_scan
+from ssm_lab.ops.matrix_scan import (
+    batched_matrix_exp,
+    chunked_matrix_recurrence,
+    matrix_recurrence,
+    matrix_recurrence_ref,
+    matrix_recurrence_scan,
+)
 from ssm_lab.task import LeastSquaresReadout
 
 
@@ -95,3 +101,54 @@ def test_least_squares_readout_is_the_least_squares_solution():
     expected = torch.linalg.lstsq(design, targets).solution
     torch.testing.assert_close(weight, expected[:-1].T)
     torch.testing.assert_close(bias, expected[-1])
+
+
+def test_batched_matrix_exp_equals_one_call_values_and_gradients():
+    generator = torch.Generator().manual_seed(3)
+    matrices = (0.5 * torch.randn(2, 7, 4, 4, generator=generator, dtype=torch.float64)).requires_grad_(True)
+    weights = torch.randn(2, 7, 4, 4, generator=generator, dtype=torch.float64)
+    whole = torch.linalg.matrix_exp(matrices)
+    sliced = batched_matrix_exp(matrices, max_batch=3)  # 14 matrices in calls of 3, 3, 3, 3, 2
+    torch.testing.assert_close(sliced, whole)
+    grads = [torch.autograd.grad((out * weights).sum(), matrices)[0] for out in (whole, sliced)]
+    torch.testing.assert_close(grads[1], grads[0])
+    with pytest.raises(ValueError, match="max_batch must be a positive integer or None, got 0"):
+        batched_matrix_exp(matrices, max_batch=0)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+@pytest.mark.parametrize("solver", ["exp", "euler"])
+def test_lcde_small_exp_batches_and_scan_windows_match_the_loop(solver, recompute):
+    """A batch limit of 5 matrices and windows of 4 steps (not dividing L = 11) against the loop:
+    outputs, final states and gradients w.r.t. input, initial state and every parameter."""
+    torch.manual_seed(0)
+    core = LinearCDE(3, d_state=4, solver=solver, init_std=0.5, max_exp_batch=5, chunk_length=4, recompute=recompute)
+    core = core.double()
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 11, 3, generator=generator, dtype=torch.float64).requires_grad_(True)
+    h0 = torch.randn(2, 4, generator=generator, dtype=torch.float64).requires_grad_(True)
+    timesteps = 0.5 + torch.rand(2, 11, generator=generator, dtype=torch.float64)
+    weights = torch.randn(2, 11, 3, generator=generator, dtype=torch.float64)
+    results = []
+    for mode in ("loop", "scan"):
+        y, final = core(x, h0, mode=mode, integration_timesteps=timesteps)
+        loss = (y * weights).sum() + final.sum()
+        results.append((y, final, *torch.autograd.grad(loss, (x, h0, *core.parameters()))))
+    for ours, reference in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(ours, reference)
+
+
+def test_chunked_matrix_recurrence_equals_the_scan_and_rejects_bad_windows():
+    generator = torch.Generator().manual_seed(2)
+    M = 0.5 * torch.randn(2, 9, 3, 3, generator=generator, dtype=torch.float64)
+    v = torch.randn(2, 9, 3, generator=generator, dtype=torch.float64)
+    h0 = torch.randn(2, 3, generator=generator, dtype=torch.float64)
+    windows = []
+    states = chunked_matrix_recurrence(lambda a, b: windows.append((a, b)) or (M[:, a:b], v[:, a:b]), 9, h0, 4)
+    assert windows == [(0, 4), (4, 8), (8, 9)]
+    torch.testing.assert_close(states, matrix_recurrence_ref(M, v, h0))
+    with pytest.raises(ValueError, match="chunk_length must be a positive integer or None, got 0"):
+        chunked_matrix_recurrence(lambda a, b: (M[:, a:b], v[:, a:b]), 9, h0, 0)
+    with pytest.raises(ValueError, match="max_exp_batch must be a positive integer or None, got -1"):
+        LinearCDE(3, max_exp_batch=-1)
+

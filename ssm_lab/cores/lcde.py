@@ -8,8 +8,9 @@ On step t the path is a straight line, so h solves h' = M_t h + v_t on a unit in
 M_t = sum_i A_i Delta X^i_t and v_t = B Delta X_t. Solvers (``solver``):
   "exp"   exact: [h_t; 1] = expm([[M_t, v_t], [0, 0]]) [h_{t-1}; 1], i.e. h_t = e^{M_t} h_{t-1} + phi_1(M_t) v_t;
   "euler" one explicit Euler step: h_t = (I + M_t) h_{t-1} + v_t.
-Modes: "scan" (parallel scan over the products of the per-step affine maps), "loop" (the
-recurrence step by step, the reference) and "adaptive" (an embedded Dormand-Prince RK5(4) with
+Modes: "scan" (parallel scan over the products of the per-step affine maps, in windows of
+``chunk_length`` steps, optionally recomputed in the backward pass: memory bounded by the window),
+"loop" (the recurrence step by step, the reference) and "adaptive" (an embedded Dormand-Prince RK5(4) with
 error control on every increment, for comparison with the fixed-step solvers; ``solver`` unused).
 """
 
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 
 from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
 from ssm_lab.cores.stepping import check_timesteps, step_through
-from ssm_lab.ops.matrix_scan import matrix_recurrence
+from ssm_lab.ops.matrix_scan import batched_matrix_exp, chunked_matrix_recurrence
 from ssm_lab.optim import mark_recurrence
 from ssm_lab.validation import check_positive
 
@@ -78,14 +79,23 @@ class LinearCDE(nn.Module):
         init_std: float = 1.0,
         rtol: float = 1e-6,
         atol: float = 1e-8,
+        max_exp_batch: int | None = 8192,
+        chunk_length: int | None = None,
+        recompute: bool = False,
     ) -> None:
+        """``max_exp_batch``: most matrices per matrix_exp call (None: one call); ``chunk_length``: steps per
+        scan window (None: the whole sequence); ``recompute``: rebuild each window's maps in backward."""
         super().__init__()
         if solver not in SOLVERS:
             raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
         check_positive(d_state=d_state)
         if init_std <= 0 or rtol <= 0 or atol <= 0:
             raise ValueError(f"init_std, rtol and atol must be positive, got {init_std}, {rtol}, {atol}")
+        for name, value in (("max_exp_batch", max_exp_batch), ("chunk_length", chunk_length)):
+            if value is not None and (not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
         self.d_model, self.d_state, self.solver, self.rtol, self.atol = d_model, d_state, solver, rtol, atol
+        self.max_exp_batch, self.chunk_length, self.recompute = max_exp_batch, chunk_length, recompute
         channels = d_model + 1  # the time channel first
         self.A = nn.Parameter(torch.randn(channels, d_state, d_state) * init_std / math.sqrt(d_state * channels))
         mark_recurrence(self.A)
@@ -109,7 +119,7 @@ class LinearCDE(nn.Module):
             return torch.eye(self.d_state, dtype=M.dtype, device=M.device) + M, v
         top = torch.cat([M, v.unsqueeze(-1)], dim=-1)  # (..., N, N + 1); the bottom row is zero
         augmented = torch.cat([top, torch.zeros_like(top[..., :1, :])], dim=-2)
-        exponential = torch.linalg.matrix_exp(augmented)
+        exponential = batched_matrix_exp(augmented, self.max_exp_batch)
         return exponential[..., : self.d_state, : self.d_state], exponential[..., : self.d_state, self.d_state]
 
     def default_state(self, batch: int, device: torch.device | None = None) -> Tensor:
@@ -134,8 +144,12 @@ class LinearCDE(nn.Module):
             return step_through(self.step, x, state, lengths, per_step)
         if mode == "adaptive":
             return step_through(self._adaptive_step, x, state, lengths, per_step)
-        transition, offset = self.transitions(x, integration_timesteps)
-        states = matrix_recurrence(transition, offset, state, mode="scan")
+
+        def maps(start: int, stop: int) -> tuple[Tensor, Tensor]:
+            window = None if integration_timesteps is None else integration_timesteps[:, start:stop]
+            return self.transitions(x[:, start:stop], window)
+
+        states = chunked_matrix_recurrence(maps, x.shape[1], state, self.chunk_length, self.recompute)
         return self.readout(states), state_at_lengths(states, lengths)
 
     def step(self, x_t: Tensor, state: Tensor, integration_timesteps: Tensor | None = None) -> tuple[Tensor, Tensor]:

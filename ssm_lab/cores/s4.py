@@ -71,13 +71,34 @@ class S4(nn.Module):
         return torch.diag_embed(eigenvalues) - P.unsqueeze(-1) * P.conj().unsqueeze(-2)
 
     def discrete(self) -> tuple[Tensor, Tensor]:
-        """(Abar: (H, N, N), Bbar: (H, N)), bilinear."""
+        """(Abar: (H, N, N), Bbar: (H, N)), bilinear, by dense solves: the reference."""
         eigenvalues, P, B, _, dt = self._continuous()
         A = self._dense_state_matrix(eigenvalues, P)
         eye = torch.eye(self.d_state, dtype=A.dtype, device=A.device)
         half_step = (dt / 2).unsqueeze(-1)
         left = eye - half_step * A
         return torch.linalg.solve(left, eye + half_step * A), torch.linalg.solve(left, dt * B)
+
+    def discrete_dplr(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The bilinear discretisation in closed form, O(N) per channel: (Lambdabar, u, q, Bbar), each (H, N),
+        with Abar = diag(Lambdabar) - u q^T (no conjugate) and Bbar as in ``discrete``.
+
+        With d = dt/2, a = 1 - d Lambda, b = 1 + d Lambda and A = diag(Lambda) - p p^*, Woodbury gives
+        (I - d A)^{-1} = diag(1/a) - kappa (p/a)(p^*/a), kappa = d / (1 + d sum_n |p_n|^2 / a_n), and then
+        Abar = diag(b/a) - 2 kappa (p/a)(p^*/a),  Bbar = dt (B/a - kappa (p/a) sum_n conj(p_n) B_n / a_n).
+        """
+        eigenvalues, P, B, _, dt = self._continuous()
+        half_step = dt / 2
+        a, b = 1 - half_step * eigenvalues, 1 + half_step * eigenvalues
+        u, q = P / a, P.conj() / a
+        kappa = half_step / (1 + half_step * (q * P).sum(-1, keepdim=True))
+        input_map = dt * (B / a - kappa * u * (q * B).sum(-1, keepdim=True))
+        return b / a, 2 * kappa * u, q, input_map
+
+    def dense_decay(self) -> Tensor:
+        """Abar: (H, N, N) from the closed form of ``discrete_dplr`` (no solve)."""
+        decay_diagonal, u, q, _ = self.discrete_dplr()
+        return torch.diag_embed(decay_diagonal) - u.unsqueeze(-1) * q.unsqueeze(-2)
 
     def default_state(self, batch: int, device: torch.device | None = None) -> Tensor:
         dtype = torch.complex(self.C_re[:0], self.C_im[:0]).dtype
@@ -95,42 +116,73 @@ class S4(nn.Module):
             )
         return self._convolve(x, state, lengths)
 
-    def _convolve(self, x: Tensor, state: Tensor | None, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
-        batch, length, _ = x.shape
+    def kernel_ref(self, length: int) -> Tensor:
+        """K_k = Re(C Abar^k Bbar), k < length, by explicit dense powers: (length, H), the reference twin."""
+        decay, state = self.discrete()
+        C = torch.complex(self.C_re, self.C_im)
+        values = []
+        for _ in range(length):
+            values.append((C * state).sum(-1).real)
+            state = torch.einsum("hnm,hm->hn", decay, state)
+        return torch.stack(values)
+
+    def kernel(self, length: int) -> Tensor:
+        """K_k = Re(C Abar^k Bbar), k < length: (length, H), by Algorithm 1 (Cauchy sums + inverse FFT)."""
+        return self._spectrum(length, self.dense_decay())[0]
+
+    def _spectrum(self, length: int, decay: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Algorithm 1 of Gu et al. 2022 at the L-th roots of unity w.
+
+        Returns (kernel (L, H), Abar^L (H, N, N), inverse poles 1 / ((1 - w) - beta Lambda_n) (H, L, N),
+        beta = dt/2 (1 + w) (H, L), and c = beta k10 / (1 + beta k11) (H, L), reused for the final state).
+        """
         eigenvalues, P, B, C, dt = self._continuous()
-        decay, _ = self.discrete()
         decay_to_end = torch.linalg.matrix_power(decay, length)
-        C_tilde = C - torch.einsum("hn,hnm->hm", C, decay_to_end)
-        angles = 2 * math.pi * torch.arange(length, device=x.device, dtype=self.log_dt.dtype) / length
+        C_tilde = C - torch.einsum("hn,hnm->hm", C, decay_to_end)  # truncation to length L
+        angles = 2 * math.pi * torch.arange(length, device=dt.device, dtype=self.log_dt.dtype) / length
         roots = torch.polar(torch.ones_like(angles), -angles)  # the L-th roots of unity
-        alpha, beta = 1 - roots, (dt / 2) * (1 + roots)  # (L,), (H, L)
-        inverse_poles = 1 / (alpha.unsqueeze(-1) - beta.unsqueeze(-1) * eigenvalues.unsqueeze(1))  # (H, L, N)
+        beta = (dt / 2) * (1 + roots)  # (H, L)
+        # 1 / (alpha - beta Lambda_n) with alpha = 1 - w, one fused pass then one reciprocal
+        inverse_poles = torch.reciprocal(
+            torch.addcmul((1 - roots).unsqueeze(-1), beta.unsqueeze(-1), eigenvalues.unsqueeze(1), value=-1)
+        )
+        # the four Cauchy sums k_xy = sum_n x_n y_n / (alpha - beta Lambda_n) as one batched product
+        numerators = torch.stack([C_tilde * B, C_tilde * P, P.conj() * B, P.conj() * P], dim=-1)  # (H, N, 4)
+        k00, k01, k10, k11 = (inverse_poles @ numerators).unbind(-1)
+        correction = beta * k10 / (1 + beta * k11)
+        spectrum = dt * (k00 - k01 * correction)  # Woodbury: C_tilde ((1 - w) I - beta A)^{-1} dt B
+        kernel = torch.fft.ifft(spectrum, dim=-1).real.transpose(0, 1)
+        return kernel, decay_to_end, inverse_poles, beta, correction
 
-        def resolvent_sums(left: Tensor, right: Tensor) -> Tensor:
-            """sum_n left_n right_n / (alpha - beta Lambda_n) over the nodes: (..., H, N) x2 -> (..., H, L)."""
-            return torch.einsum("...hn,hln->...hl", left * right, inverse_poles)
-
-        rank_one = 1 + beta * resolvent_sums(P.conj(), P)
-        C_p = resolvent_sums(C_tilde, P)
-
-        def woodbury(vector: Tensor) -> Tensor:
-            """C_tilde ((1 - w) I - beta A)^{-1} vector at every node: (..., H, N) -> (..., H, L)."""
-            return resolvent_sums(C_tilde, vector) - beta * C_p * resolvent_sums(P.conj(), vector) / rank_one
-
-        kernel = torch.fft.ifft(dt * woodbury(B), dim=-1).real.transpose(0, 1)  # (L, H)
+    def _convolve(self, x: Tensor, state: Tensor | None, lengths: Tensor | None) -> tuple[Tensor, Tensor]:
+        length = x.shape[1]
+        eigenvalues, P, B, C, dt = self._continuous()
+        decay = self.dense_decay()
+        kernel, decay_to_end, inverse_poles, beta, correction = self._spectrum(length, decay)
         y = causal_conv(x, kernel.to(x.dtype)) + self.D * x
-        # Abar^k Bbar for k < L is (I - Abar^L) times the inverse DFT of G(w) = dt ((1-w) I - beta A)^{-1} B
-        resolvent_B = dt.unsqueeze(-1) * (
-            B.unsqueeze(1) * inverse_poles
-            - beta.unsqueeze(-1)
-            * (P.unsqueeze(1) * inverse_poles)
-            * (resolvent_sums(P.conj(), B) / rank_one).unsqueeze(-1)
-        )  # (H, L, N)
-        impulse = torch.fft.ifft(resolvent_B, dim=1)  # (H, k, N)
-        aligned = right_align(x, lengths).to(impulse.dtype)
-        summed = torch.einsum("blh,hln->bhn", aligned, impulse.flip(1))
+        # The state after the sequence, sum_k Abar^k Bbar x_{L-1-k}, is (I - Abar^L) times the inverse DFT
+        # of G(w) = dt ((1-w) I - beta A)^{-1} B paired with the reversed input; by Parseval the pairing
+        # is sum_j G(w_j) X_j, X = ifft(reversed input), G(w_j)_n = dt (B_n - p_n c_j) / (alpha_j - beta_j Lambda_n).
+        reversed_input = torch.fft.ifft(right_align(x, lengths).flip(1).to(inverse_poles.dtype), dim=1)
+        reversed_input = reversed_input.permute(2, 0, 1)  # (H, B, L)
+        paired = torch.cat([reversed_input, reversed_input * correction.unsqueeze(1)], dim=1) @ inverse_poles
+        from_input, from_rank_one = paired.split(x.shape[0], dim=1)  # (H, B, N) each
+        summed = (dt.unsqueeze(-1) * (B.unsqueeze(1) * from_input - P.unsqueeze(1) * from_rank_one)).transpose(0, 1)
         final = summed - torch.einsum("hnm,bhm->bhn", decay_to_end, summed)
         if state is not None:
+            C_tilde = C - torch.einsum("hn,hnm->hm", C, decay_to_end)
+
+            def resolvent_sums(left: Tensor, right: Tensor) -> Tensor:
+                """sum_n left_n right_n / (alpha - beta Lambda_n): (..., H, N) x2 -> (..., H, L)."""
+                return torch.einsum("...hn,hln->...hl", left * right, inverse_poles)
+
+            rank_one = 1 + beta * resolvent_sums(P.conj(), P)
+            C_p = resolvent_sums(C_tilde, P)
+
+            def woodbury(vector: Tensor) -> Tensor:
+                """C_tilde ((1 - w) I - beta A)^{-1} vector at every node: (..., H, N) -> (..., H, L)."""
+                return resolvent_sums(C_tilde, vector) - beta * C_p * resolvent_sums(P.conj(), vector) / rank_one
+
             y = y + self._free_response(state, eigenvalues, P, dt, woodbury)
             final = final + self._decayed(state, decay, decay_to_end, lengths, length)
         return y, final

@@ -51,14 +51,23 @@ class CausalSelfAttention(nn.Module):
 
     def _heads(self, x: Tensor, cache: KVCache) -> tuple[Tensor, Tensor, Tensor]:
         """x: (B, L, d_model) at the positions following the cache -> q, k, v: (B, heads, L, d_head)."""
-        positions = cache[2].sum(1, keepdim=True) + torch.arange(x.shape[1], device=x.device)
-        z = x + sinusoidal_positions(positions, self.d_model).to(x.dtype)
+        steps = torch.arange(x.shape[1], device=x.device)
+        if cache[2].shape[1] == 0:  # a fresh sequence: one (L, d_model) table shared by the batch
+            z = x + sinusoidal_positions(steps, self.d_model).to(x.dtype)
+        else:
+            z = x + sinusoidal_positions(cache[2].sum(1, keepdim=True) + steps, self.d_model).to(x.dtype)
         q, k, v = self.qkv(z).view(*x.shape[:2], 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
         return q, k, v
 
-    def _attend(self, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> Tensor:
-        """mask: (B, 1, L, T) True where attention is allowed -> (B, L, d_model)."""
-        attended = nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+    def _attend(self, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
+        """mask: (B, 1, L, T) True where attention is allowed, or None for plain causal (T = L) -> (B, L, d_model).
+
+        Without a mask SDPA's causal flash kernel skips the blocks above the diagonal; a boolean
+        mask forces the dense L x T scores (and reading the mask)."""
+        if mask is None:
+            attended = nn.functional.scaled_dot_product_attention(q, keys, values, is_causal=True)
+        else:
+            attended = nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
         return self.out(attended.transpose(1, 2).flatten(2))
 
     def forward(self, x: Tensor, state: KVCache | None = None, mode: str = "scan", lengths: Tensor | None = None):
@@ -75,10 +84,13 @@ class CausalSelfAttention(nn.Module):
             y = torch.stack(outputs, dim=1)
         else:
             q, k, v = self._heads(x, cache)
-            causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
-            mask = torch.cat([cache[2].unsqueeze(1).expand(-1, length, -1), causal.expand(batch, -1, -1)], dim=2)
-            keys, values = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
-            y = self._attend(q, keys, values, mask.unsqueeze(1))
+            if cache[2].shape[1] == 0:  # no past tokens: plain causal attention, no mask, no concatenation
+                keys, values, mask = k, v, None
+            else:
+                causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+                mask = torch.cat([cache[2].unsqueeze(1).expand(-1, length, -1), causal.expand(batch, -1, -1)], dim=2)
+                keys, values, mask = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2), mask.unsqueeze(1)
+            y = self._attend(q, keys, values, mask)
             cache = (
                 keys,
                 values,

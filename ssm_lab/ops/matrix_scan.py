@@ -3,14 +3,27 @@ reference and a work-efficient parallel scan over matrix products.
 
 M: (B, L, N, N), v: (B, L, N), h0: (B, N) -> every state (B, L, N). The pair (M, v) composes
 associatively, (M2, v2) o (M1, v1) = (M2 M1, M2 v1 + v2), which is what the scan uses.
+
+Large batches: ``batched_matrix_exp`` bounds how many matrices one ``torch.linalg.matrix_exp`` call
+sees, and ``chunked_matrix_recurrence`` builds and scans the maps one time window at a time
+(optionally recomputing them in the backward pass), so memory grows with the window, not with L.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
-__all__ = ["matrix_recurrence", "matrix_recurrence_ref", "matrix_recurrence_scan"]
+__all__ = [
+    "batched_matrix_exp",
+    "chunked_matrix_recurrence",
+    "matrix_recurrence",
+    "matrix_recurrence_ref",
+    "matrix_recurrence_scan",
+]
 
 
 def _check(M: Tensor, v: Tensor, h0: Tensor | None) -> None:
@@ -71,3 +84,52 @@ def matrix_recurrence(M: Tensor, v: Tensor, h0: Tensor | None = None, mode: str 
     if mode not in _MODES:
         raise ValueError(f"unknown matrix recurrence mode {mode!r}; choose one of {', '.join(_MODES)}")
     return _MODES[mode](M, v, h0)
+
+
+def batched_matrix_exp(matrices: Tensor, max_batch: int | None = None) -> Tensor:
+    """torch.linalg.matrix_exp over (..., N, N) in calls of at most ``max_batch`` matrices (None: one call).
+
+    One call over a huge batch allocates the scaling-and-squaring temporaries for every matrix at
+    once (and has crashed on CUDA); slices of the flattened batch give the same values."""
+    if max_batch is None:
+        return torch.linalg.matrix_exp(matrices)
+    if not isinstance(max_batch, int) or max_batch <= 0:
+        raise ValueError(f"max_batch must be a positive integer or None, got {max_batch!r}")
+    flat = matrices.reshape(-1, *matrices.shape[-2:])
+    if flat.shape[0] <= max_batch:
+        return torch.linalg.matrix_exp(matrices)
+    return torch.cat([torch.linalg.matrix_exp(part) for part in flat.split(max_batch)]).view(matrices.shape)
+
+
+def chunked_matrix_recurrence(
+    maps: Callable[[int, int], tuple[Tensor, Tensor]],
+    length: int,
+    h0: Tensor,
+    chunk_length: int | None = None,
+    recompute: bool = False,
+) -> Tensor:
+    """Every state of h_t = M_t h_{t-1} + v_t, t < length, from h0: (B, N) -> (B, length, N).
+
+    ``maps(start, stop)`` returns (M, v) of the steps start..stop-1: (B, stop - start, N, N), (B, stop - start, N).
+    Each window of ``chunk_length`` steps (None: the whole sequence) is scanned in parallel from the
+    state the previous window ended in. With ``recompute`` (and autograd on) a window's maps are
+    not kept for the backward pass but rebuilt there (activation checkpointing), so the memory
+    held is the states plus one window's maps instead of all L of them."""
+    if chunk_length is not None and (not isinstance(chunk_length, int) or chunk_length <= 0):
+        raise ValueError(f"chunk_length must be a positive integer or None, got {chunk_length!r}")
+    step = length if chunk_length is None else chunk_length
+
+    def window(start: int, stop: int, state: Tensor) -> Tensor:
+        M, v = maps(start, stop)
+        return matrix_recurrence_scan(M, v, state)
+
+    outputs, state = [], h0
+    for start in range(0, length, step):
+        stop = min(start + step, length)
+        if recompute and torch.is_grad_enabled():
+            states = checkpoint(window, start, stop, state, use_reentrant=False)
+        else:
+            states = window(start, stop, state)
+        outputs.append(states)
+        state = states[:, -1]
+    return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
