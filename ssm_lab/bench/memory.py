@@ -40,7 +40,7 @@ def _peak_of_fwd_bwd(model: nn.Module, length: int) -> float:
     return torch.cuda.max_memory_allocated() / 2**30
 
 
-def run(length: int, out: Path) -> list[dict]:
+def run(length: int, out: Path, peers: bool = True) -> list[dict]:
     base = {"benchmark": "memory", "batch": BATCH, "width": WIDTH, "layers": LAYERS, "length": length, "param": "tv"}
     sizes = {"d_model": WIDTH, "d_state": WIDTH, "n_layers": LAYERS, "param": "tv"}
     builders = {
@@ -48,6 +48,8 @@ def run(length: int, out: Path) -> list[dict]:
         "ssm_lab DeepSSM tv checkpoint": lambda: DeepSSM(WIDTH, WIDTH, **sizes, checkpoint=True),
         "neural-ssm 0.44 DeepSSM tv": _neural_ssm_model,
     }
+    if not peers:
+        builders = {name: build for name, build in builders.items() if name.startswith("ssm_lab")}
     records = []
     for name, build in builders.items():
         torch.manual_seed(0)
@@ -64,11 +66,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--length", type=int, default=16384)
     parser.add_argument("--out", type=Path, default=None, help="jsonl to append to (default: benchmarks/results/)")
+    parser.add_argument("--no-peers", action="store_true", help="ours only (neural-ssm needs ~68 GiB and minutes)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("ssm_lab.bench.memory needs a CUDA GPU")
     out = args.out or results_path()
-    for record in run(args.length, out):
+    for record in run(args.length, out, peers=not args.no_peers):
         print(f"{record['name']:<30} " + (f"{record['peak_gib']:.2f} GiB" if "peak_gib" in record else record["error"]))
     print(f"appended to {out}")
 
