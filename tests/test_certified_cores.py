@@ -43,7 +43,7 @@ def perturb(core: torch.nn.Module, scale: float, seed: int) -> None:
 def grads(core: torch.nn.Module, x: torch.Tensor, mode: str) -> list[torch.Tensor]:
     x = x.clone().requires_grad_(True)
     y, state = core(x, mode=mode)
-    weights = torch.linspace(-1, 1, y.numel()).view_as(y)
+    weights = torch.linspace(-1, 1, y.numel(), device=y.device).view_as(y)
     loss = (weights * y).sum() + state.abs().sum()
     # with L = 1 the eigenvalues do not reach the output yet: their gradient is zero
     return torch.autograd.grad(loss, [x, *core.parameters()], allow_unused=True, materialize_grads=True)
