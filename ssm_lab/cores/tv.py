@@ -1,12 +1,14 @@
 """tv: a time-varying, input-selective diagonal recurrence with a certified L2 gain, after the
 "tv" cell of neural-ssm (Massai et al., arXiv 2503.23818) and Mamba's selection (Gu & Dao 2023).
 
-    u~_t = W_in x_t,   (a_t, b_t, c_t, d_t) = selection(x_t)        (per coordinate n = 1..N)
-    h_t = a_t h_{t-1} + b_t gamma u~_t,   yhat_t = c_t h_{t-1} + d_t gamma u~_t,   y_t = W_out yhat_t
+    u~_t = W_in x_t,   (a_t, b_t, c_t) = selection(x_t)        (per coordinate n = 1..N)
+    h_t = a_t h_{t-1} + b_t gamma u~_t,   yhat_t = c_t h_{t-1},   y_t = W_out yhat_t
 
-a_t = exp(-softplus(delta_t) softplus(alpha)) in (0, 1), b, c, d = tanh(.), then each coordinate's
-step matrix M = [[a, b], [c, d]] is divided by max(1, ||M||_2), with the exact 2x2 norm in closed
-form ||M||_2 = (|(a+d) + i(b-c)| + |(a-d) + i(b+c)|) / 2 (no SVD). Per coordinate and step
+a_t = exp(-softplus(delta_t) softplus(alpha)) in (0, 1), b, c = tanh(.), then each coordinate's
+step matrix M = [[a, b], [c, 0]] is divided by max(1, ||M||_2), with the exact 2x2 norm in closed
+form ||M||_2 = (|a + i(b-c)| + |a + i(b+c)|) / 2 (no SVD; ``normalize_2x2`` has the general
+[[a, b], [c, d]] form). As in neural-ssm's cell there is no per-coordinate feedthrough: the block's
+residual path carries x to the output. Per coordinate and step
 h_t^2 + yhat_t^2 <= h_{t-1}^2 + gamma^2 u~_t^2, whatever the input chose; summed from h = 0 with
 ||W_in||, ||W_out|| <= 1 (Gram-iteration normalisation), sum ||y_t||^2 <= gamma^2 sum ||x_t||^2.
 The bound holds for every input and every parameter value; it is a gain bound, not an
@@ -44,18 +46,19 @@ def normalize_2x2(a: Tensor, b: Tensor, c: Tensor, d: Tensor) -> tuple[Tensor, T
 def step_matrices_ref(selected: Tensor, delta_bias: Tensor, alpha: Tensor) -> Tensor:
     """The reference twin of ``step_matrices``, by autograd through each operation.
 
-    selected: (B, L, 4N) = (delta, b, c, d) pre-activations -> (a, b, c, d) concatenated: (B, L, 4N),
-    a = exp(-softplus(delta + delta_bias) softplus(alpha)), b, c, d = tanh(.), each [[a, b], [c, d]]
+    selected: (B, L, 3N) = (delta, b, c) pre-activations -> (a, b, c) concatenated: (B, L, 3N),
+    a = exp(-softplus(delta + delta_bias) softplus(alpha)), b, c = tanh(.), each [[a, b], [c, 0]]
     divided by max(1, its norm) (``normalize_2x2``)."""
-    delta, b, c, d = selected.chunk(4, dim=-1)
+    delta, b, c = selected.chunk(3, dim=-1)
     rate = nn.functional.softplus(delta + delta_bias) * nn.functional.softplus(alpha)
-    return torch.cat(normalize_2x2(torch.exp(-rate), torch.tanh(b), torch.tanh(c), torch.tanh(d)), dim=-1)
+    a, b, c, _ = normalize_2x2(torch.exp(-rate), torch.tanh(b), torch.tanh(c), torch.zeros_like(b))
+    return torch.cat([a, b, c], dim=-1)
 
 
 def step_matrices(selected: Tensor, delta_bias: Tensor, alpha: Tensor) -> Tensor:
-    """``step_matrices_ref`` as one autograd node: it keeps (a, b, c, d) before normalisation, the
-    two moduli and the softplus input ((B, L, 7N) in all) instead of about twenty
-    intermediate (B, L, N) tensors; equal values and gradients (tests/test_certified_cores.py)."""
+    """``step_matrices_ref`` as one autograd node: it keeps (a, b, c) before normalisation, the two
+    moduli and the softplus input ((B, L, 6N) in all) instead of about fifteen intermediate
+    (B, L, N) tensors; equal values and gradients (tests/test_certified_cores.py)."""
     return _StepMatrices.apply(selected, delta_bias, alpha)
 
 
@@ -65,42 +68,43 @@ def _scale(p: Tensor, q: Tensor) -> Tensor:
 
 
 class _StepMatrices(torch.autograd.Function):
-    """Forward as ``step_matrices_ref``, with s1..s4 = a + d, a - d, b - c, b + c, p = |s1 + i s3|,
-    q = |s2 + i s4| (``normalize_2x2``'s tiny term inside), s = max(1, (p + q) / 2)(1 + 4 eps) and
+    """Forward as ``step_matrices_ref``: with d = 0 the norm's moduli are p = |a + i(b - c)| and
+    q = |a + i(b + c)| (``normalize_2x2``'s tiny term inside), s = max(1, (p + q) / 2)(1 + 4 eps),
     o_k = k / s. Backward: dL/dk = g_k / s + dL/ds ds/dk with dL/ds = -sum_k g_k k / s^2,
-    ds/d(p, q) = (1 + 4 eps) / 2 where (p + q) / 2 >= 1 (else 0), dp/d(s1, s3) = (s1, s3) / p,
-    dq/d(s2, s4) = (s2, s4) / q; then tanh' = 1 - tanh^2, d exp(-r) = -exp(-r) dr, softplus' = sigmoid."""
+    ds/d(p, q) = (1 + 4 eps) / 2 where (p + q) / 2 >= 1 (else 0), dp = (a da + (b - c)(db - dc)) / p,
+    dq = (a da + (b + c)(db + dc)) / q; then tanh' = 1 - tanh^2, d exp(-r) = -exp(-r) dr, softplus' = sigmoid."""
 
     @staticmethod
     def forward(ctx, selected: Tensor, delta_bias: Tensor, alpha: Tensor) -> Tensor:
-        n = selected.shape[-1] // 4
+        n = selected.shape[-1] // 3
         shifted = selected[..., :n] + delta_bias
         rate = nn.functional.softplus(shifted) * nn.functional.softplus(alpha)
         raw = torch.cat([torch.exp(-rate), torch.tanh(selected[..., n:])], dim=-1)
-        a, b, c, d = raw.chunk(4, dim=-1)
+        a, b, c = raw.chunk(3, dim=-1)
         tiny = torch.finfo(raw.dtype).tiny ** 0.5
-        p = torch.sqrt((a + d).square_().addcmul_(b - c, b - c).add_(tiny))
-        q = torch.sqrt((a - d).square_().addcmul_(b + c, b + c).add_(tiny))
+        a_squared = (a * a).add_(tiny)
+        p = torch.sqrt(torch.addcmul(a_squared, b - c, b - c))
+        q = torch.sqrt(a_squared.addcmul_(b + c, b + c))
         ctx.save_for_backward(raw, p, q, shifted, alpha)
-        return (raw.unflatten(-1, (4, n)) / _scale(p, q).unsqueeze(-2)).flatten(-2)
+        return (raw.unflatten(-1, (3, n)) / _scale(p, q).unsqueeze(-2)).flatten(-2)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         raw, p, q, shifted, alpha = ctx.saved_tensors
         eps = torch.finfo(raw.dtype).eps
-        a, b, c, d = raw.chunk(4, dim=-1)
-        g_a, g_b, g_c, g_d = grad.chunk(4, dim=-1)
+        a, b, c = raw.chunk(3, dim=-1)
+        g_a, g_b, g_c = grad.chunk(3, dim=-1)
         inverse_scale = _scale(p, q).reciprocal_()
-        dot = (g_a * a).addcmul_(g_b, b).addcmul_(g_c, c).addcmul_(g_d, d)
+        dot = (g_a * a).addcmul_(g_b, b).addcmul_(g_c, c)
         active = 0.5 * (p + q) >= 1.0  # where max(1, .) passes the norm through
         grad_half = dot.mul_(inverse_scale.square()).mul_(-(0.5 + 2 * eps) * active)
-        weight_p, weight_q = grad_half / p, grad_half.div_(q)
-        g1, g2 = weight_p * (a + d), weight_q * (a - d)
-        g3, g4 = weight_p.mul_(b - c), weight_q.mul_(b + c)
-        grad_a = (g_a * inverse_scale).add_(g1).add_(g2)
-        grad_tanh = torch.cat([(g_b * inverse_scale).add_(g3).add_(g4), (g_c * inverse_scale).add_(g4).sub_(g3),
-                               (g_d * inverse_scale).add_(g1).sub_(g2)], dim=-1)  # fmt: skip
+        weight_p = grad_half / p
+        weight_q = grad_half.div_(q)  # grad_half is not needed after this
+        grad_a = (g_a * inverse_scale).addcmul_(weight_p + weight_q, a)
+        difference, total = weight_p.mul_(b - c), weight_q.mul_(b + c)  # dL/d(b - c), dL/d(b + c) via p, q
+        grad_tanh = torch.cat([(g_b * inverse_scale).add_(total).add_(difference),
+                               (g_c * inverse_scale).add_(total).sub_(difference)], dim=-1)  # fmt: skip
         grad_tanh.mul_(1 - raw[..., a.shape[-1] :].square())
         grad_rate = grad_a.mul_(a).neg_()  # d exp(-r) / dr = -exp(-r)
         softplus_alpha = nn.functional.softplus(alpha)
@@ -134,10 +138,10 @@ class TV(nn.Module):
         self.d_model, self.d_state, self.gram_iterations = d_model, d_state, gram_iterations
         self.W_in = nn.Parameter(torch.randn(d_state, d_model) / math.sqrt(d_model))
         self.W_out = nn.Parameter(torch.randn(d_model, d_state) / math.sqrt(d_state))
-        self.selection = nn.Linear(d_model, 4 * d_state)
+        self.selection = nn.Linear(d_model, 3 * d_state)
         nn.init.normal_(self.selection.weight, std=selection_scale)
         nn.init.zeros_(self.selection.bias)
-        with torch.no_grad():  # b = c = d = tanh(1) at init, so the input reaches the state
+        with torch.no_grad():  # b = c = tanh(1) at init, so the input reaches the state and the output
             self.selection.bias[d_state:].fill_(1.0)
         # softplus(delta_bias) = init_delta and softplus(alpha) init_delta = -log(init_rho): a = init_rho at init
         rate = -math.log(init_rho) / init_delta
@@ -156,9 +160,9 @@ class TV(nn.Module):
         W_out, norm_out = normalize_to_contraction(self.W_out, self.gram_iterations)
         return W_in, W_out, norm_in * norm_out
 
-    def step_matrices(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(a, b, c, d): each (B, L, d_state), with ||[[a, b], [c, d]]||_2 <= 1 per entry."""
-        return step_matrices(self.selection(x), self.delta_bias, self.alpha).chunk(4, dim=-1)
+    def step_matrices(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(a, b, c): each (B, L, d_state), with ||[[a, b], [c, 0]]||_2 <= 1 per entry."""
+        return step_matrices(self.selection(x), self.delta_bias, self.alpha).chunk(3, dim=-1)
 
     def default_state(self, batch: int, device: torch.device | None = None) -> Tensor:
         return torch.zeros(batch, self.d_state, dtype=self.W_in.dtype, device=device or self.W_in.device)
@@ -180,13 +184,13 @@ class TV(nn.Module):
             expected = (x.shape[0], self.d_state)
             raise ValueError(f"TV initial state must be (B, d_state) = {expected}, got {tuple(state.shape)}")
         W_in, W_out, norm = self._projections()
-        a, b, c, d = self.step_matrices(x)
+        a, b, c = self.step_matrices(x)
         scaled_input = torch.exp(self.log_gamma) * (x @ W_in.transpose(0, 1))
         drive = b * scaled_input
         states = linear_recurrence(a, drive, state, mode=mode)
         first = self.default_state(x.shape[0], x.device) if state is None else state
         previous = torch.cat([first.unsqueeze(1), states[:, :-1]], dim=1)
-        y = (c * previous + d * scaled_input) @ W_out.transpose(0, 1)
+        y = (c * previous) @ W_out.transpose(0, 1)
         return y, state_at_lengths(states, lengths), torch.exp(self.log_gamma) * norm
 
     def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
