@@ -152,3 +152,32 @@ def test_chunked_matrix_recurrence_equals_the_scan_and_rejects_bad_windows():
     with pytest.raises(ValueError, match="max_exp_batch must be a positive integer or None, got -1"):
         LinearCDE(3, max_exp_batch=-1)
 
+
+@pytest.mark.parametrize(("d_model", "d_state"), [(4, 4), (32, 16)])
+def test_one_adam_step_moves_the_vector_fields_by_a_width_independent_fraction(d_model, d_state):
+    """Adam's first step moves every trained entry by lr (m / sqrt(v) = sign(g)). The vector fields A_i
+    must move by lr / init_std of their size, not lr sqrt(N (1 + H)) / init_std: with the 1/sqrt(N (1 + H))
+    scale inside the parameter, training at d_model 128, d_state 64 enlarged M_t until the state overflowed."""
+    torch.manual_seed(0)
+    lr, init_std = 1e-3, 0.5
+    core = LinearCDE(d_model, d_state=d_state, init_std=init_std)
+    before = core.vector_field(torch.eye(d_model), None)[0].detach()  # M for one unit increment per channel
+    optimizer = torch.optim.Adam(core.parameters(), lr=lr)
+    y, _ = core(torch.randn(8, 20, d_model))
+    y.square().mean().backward()
+    optimizer.step()
+    after = core.vector_field(torch.eye(d_model), None)[0].detach()
+    relative_change = ((after - before).norm() / before.norm()).item()
+    assert 0.5 * lr / init_std < relative_change < 2 * lr / init_std
+
+
+def test_state_log_norm_grows_by_half_the_squared_init_std_per_step():
+    """With A_i ~ init_std N(0, 1 / (N (1 + H))) and unit-variance increments, M_t fills a disc of radius ~init_std
+    and log|h_t| grows by ~init_std^2 / 2 per step, whatever the widths: 50 steps stay far inside fp32."""
+    torch.manual_seed(0)
+    core = LinearCDE(64, d_state=32, init_std=0.5)
+    with torch.no_grad():
+        states = core(torch.randn(16, 50, 64))[1]
+        halfway = core(torch.randn(16, 25, 64))[1]
+    rate = (states.norm(dim=-1).log().mean() - halfway.norm(dim=-1).log().mean()).item() / 25
+    assert 0.06 < rate < 0.19  # 0.5^2 / 2 = 0.125

@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
-from ssm_lab.cores.s4 import S4
+from ssm_lab.cores.s4 import S4, cauchy_sums, cauchy_sums_ref
 from ssm_lab.cores.s4d import S4D
 from ssm_lab.cores.s5 import S5
+from ssm_lab.ops.fft_conv import causal_conv, causal_conv_ref
 from ssm_lab.ops.hippo import conjugate_half, legs, legs_dplr, s4d_lin_eigenvalues
 
 
@@ -122,3 +123,85 @@ def test_s4_conv_equals_loop_with_state_and_padding(length):
         (y, final), (y_loop, final_loop) = (core(x, mode_state, mode=m, lengths=lengths) for m in ("conv", "loop"))
         torch.testing.assert_close(y * real, y_loop * real)
         torch.testing.assert_close(final, final_loop)
+
+
+def _cauchy_inputs(heads: int, length: int, states: int, columns: int, rows: int) -> dict[str, torch.Tensor]:
+    """S4's nodes (alpha = 1 - w, beta = dt/2 (1 + w) at the roots of unity w) with random poles and sums, float64."""
+    generator = torch.Generator().manual_seed(4)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=generator, dtype=torch.complex128)
+
+    roots = torch.polar(
+        torch.ones(length, dtype=torch.float64), -2 * math.pi * torch.arange(length, dtype=torch.float64) / length
+    )
+    dt = torch.rand(heads, 1, generator=generator, dtype=torch.float64) + 0.1
+    eigenvalues = torch.complex(
+        -torch.rand(heads, states, generator=generator, dtype=torch.float64) - 0.1, randn(heads, states).imag
+    )
+    return {
+        "eigenvalues": eigenvalues.requires_grad_(),
+        "alpha": 1 - roots,
+        "beta": (dt / 2 * (1 + roots)).requires_grad_(),
+        "numerators": randn(heads, states, columns).requires_grad_(),
+        "weights": randn(heads, rows, length).requires_grad_(),
+    }
+
+
+@pytest.mark.parametrize("sides", [("numerators",), ("weights",), ("numerators", "weights")])
+def test_cauchy_sums_gradcheck(sides):
+    """The hand-written backward of the Cauchy sums against finite differences, each output kind alone and both."""
+    inputs = _cauchy_inputs(heads=2, length=6, states=3, columns=2, rows=2)
+
+    def sums(eigenvalues, beta, *given):
+        chosen = dict(zip(sides, given, strict=True))
+        return tuple(s for s in cauchy_sums(eigenvalues, inputs["alpha"], beta, **chosen) if s is not None)
+
+    assert torch.autograd.gradcheck(sums, (inputs["eigenvalues"], inputs["beta"], *(inputs[s] for s in sides)))
+
+
+def test_cauchy_sums_equal_the_reference_values_and_gradients():
+    """At a size split into uneven blocks of heads on CPU (1024 x 128 poles per head: blocks of 2, then 1)."""
+    inputs = _cauchy_inputs(heads=3, length=1024, states=128, columns=4, rows=5)
+    differentiable = [inputs[name] for name in ("eigenvalues", "beta", "numerators", "weights")]
+    generator = torch.Generator().manual_seed(5)
+    cotangents = [torch.randn(3, 1024, 4, generator=generator, dtype=torch.complex128)]
+    cotangents.append(torch.randn(3, 5, 128, generator=generator, dtype=torch.complex128))
+    results = []
+    for function in (cauchy_sums_ref, cauchy_sums):
+        outputs = function(**inputs)
+        loss = sum(
+            (output * cotangent.conj()).real.sum() for output, cotangent in zip(outputs, cotangents, strict=True)
+        )
+        results.append((*outputs, *torch.autograd.grad(loss, differentiable)))
+    names = ["states sums", "nodes sums", "eigenvalues", "beta", "numerators", "weights"]
+    for name, ours, reference in zip(names, results[1], results[0], strict=True):
+        torch.testing.assert_close(ours, reference, atol=1e-10, rtol=1e-8, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_cauchy_sums_refuse_differentiable_nodes():
+    inputs = _cauchy_inputs(heads=1, length=4, states=2, columns=1, rows=1)
+    with pytest.raises(ValueError, match="nodes alpha as constants"):
+        cauchy_sums(inputs["eigenvalues"], inputs["alpha"].requires_grad_(), inputs["beta"], inputs["numerators"])
+
+
+@pytest.mark.parametrize("length", [1, 2, 7, 16])
+def test_causal_conv_equals_the_direct_sum_values_and_gradients(length):
+    """The FFT convolution's hand-written adjoint against autograd through the O(L^2) sum."""
+    generator = torch.Generator().manual_seed(6)
+    u = torch.randn(3, length, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    kernel = torch.randn(length, 4, generator=generator, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(3, length, 4, generator=generator, dtype=torch.float64)
+    results = []
+    for convolve in (causal_conv_ref, causal_conv):
+        out = convolve(u, kernel)
+        results.append((out, *torch.autograd.grad((out * weights).sum(), (u, kernel))))
+    for name, ours, reference in zip(["out", "u", "kernel"], results[1], results[0], strict=True):
+        torch.testing.assert_close(ours, reference, atol=1e-12, rtol=1e-10, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_causal_conv_gradcheck():
+    generator = torch.Generator().manual_seed(7)
+    u = torch.randn(2, 5, 2, generator=generator, dtype=torch.float64, requires_grad=True)
+    kernel = torch.randn(5, 2, generator=generator, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(causal_conv, (u, kernel))
