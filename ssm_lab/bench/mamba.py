@@ -17,8 +17,6 @@ written only where --out is given.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -27,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ssm_lab.bench.recording import append_records, results_path
 from ssm_lab.cores.mamba import Mamba
 from ssm_lab.ops.selective_scan import kernel_applies
 
@@ -141,16 +140,6 @@ def run(
     return records
 
 
-def _append_cpu_records(records: list[dict], out: Path) -> None:
-    """CPU rows, stamped with the device and versions (``recording.append_records`` is for GPU rows)."""
-    stamp = {"device": "cpu", "threads": torch.get_num_threads(), "torch": torch.__version__}
-    stamp["time"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a") as handle:
-        for record in records:
-            handle.write(json.dumps({**record, **stamp}) + "\n")
-
-
 def print_table(records: list[dict]) -> None:
     print(f"{'L':>6} {'name':<44} {'ms':>9} {'peak GiB':>9} {'rel err':>9}")
     for record in records:
@@ -184,15 +173,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise SystemExit("ssm_lab.bench.mamba --device cuda needs a CUDA GPU; use --device cpu for a smoke check")
     records = run(args.lengths, device, args.batch, args.d_model, args.d_state, args.expand, args.repeats)
     print_table(records)
-    if device.type == "cuda":
-        from ssm_lab.bench.recording import append_records, results_path
-
-        out = args.out or results_path()
+    out = args.out or (results_path() if device.type == "cuda" else None)  # CPU rows are a smoke check
+    if out is not None:
         append_records(records, out)
         print(f"appended to {out}")
-    elif args.out is not None:
-        _append_cpu_records(records, args.out)
-        print(f"appended to {args.out}")
     return records
 
 

@@ -34,16 +34,16 @@ def _git_commit() -> str:
 
 
 def append_records(records: list[dict], path: Path) -> None:
-    """Append one json line per record, each stamped with device, versions, commit and time."""
-    import triton
+    """Append one json line per record, each stamped with device, versions, commit and time
+    (the GPU's name and Triton's version where CUDA is available, else "cpu" and the thread count)."""
+    stamp = {"torch": torch.__version__, "commit": _git_commit()}
+    if torch.cuda.is_available():
+        import triton
 
-    stamp = {
-        "device": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "commit": _git_commit(),
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+        stamp.update(device=torch.cuda.get_device_name(), triton=triton.__version__)
+    else:
+        stamp.update(device="cpu", threads=torch.get_num_threads())
+    stamp["time"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
         for record in records:
