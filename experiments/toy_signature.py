@@ -11,6 +11,9 @@ Every model but the LCDE runs with and without the nonlinearity: the backbone mo
 Mamba) with GLU mixing or a plain Linear (model.nonlinear), the DeepSSM cores with their certified
 LGLU or the certified linear static layer (model.ff=Linear, ||W||_2 bounded, no nonlinearity). The
 LCDE has no mixing, as in the paper. Smoke runs the DeepSSM core with LGLU only.
+
+As in the paper, the Linear CDEs (trained and random) are driven by the path: they read its
+increments (data.inputs=increments), the other models its values.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ EXPERIMENT = "toy_signature"
 RANDOM_FEATURES = "lcde_random_ols"  # a horizontal line: nothing to learn over steps
 LCDE = "lcde"  # no mixing layer, as in the paper: one variant per depth
 METRIC = "rmse"
+CONTROL = {"data.inputs": "increments"}  # what the Linear CDEs read: dX, the control they integrate
 DEEP_SSM_FF = ("LGLU", "Linear")  # with and without the nonlinearity, both certified
 #: backbone: models swept over model.nonlinear; deep_ssm: DeepSSM cores swept over deep_ssm_ff
 #: (model.ff). Smoke keeps one model of each kind, the DeepSSM core with LGLU only, to stay within
@@ -53,13 +57,13 @@ def needed_runs(scale: str, done: pd.DataFrame) -> list[Run]:
                 runs += [
                     run(model=model, **data, **{"model.n_layers": depth, "model.nonlinear": nl}) for nl in (True, False)
                 ]
-            runs.append(run(model=LCDE, **data, **{"model.n_layers": depth}))
+            runs.append(run(model=LCDE, **data, **CONTROL, **{"model.n_layers": depth}))
             runs += [
                 run(model=model, **data, **{"model.n_layers": depth, "model.ff": ff})
                 for model in sweep["deep_ssm"]
                 for ff in sweep["deep_ssm_ff"]
             ]
-        runs.append(run(model=RANDOM_FEATURES, **data))
+        runs.append(run(model=RANDOM_FEATURES, **data, **CONTROL))
     return runs
 
 

@@ -111,6 +111,20 @@ def test_toy_module_splits_80_20_and_refuses_bad_dims():
         ToySignatureDataModule(dim=4)
 
 
+def test_toy_increments_sum_back_to_the_path_with_the_same_labels():
+    kwargs = dict(dim=2, seq_len=9, num_paths=40, batch_size=4, steps_per_epoch=1)
+    values, increments = (ToySignatureDataModule(inputs=kind, **kwargs) for kind in ("values", "increments"))
+    for module in (values, increments):
+        module.setup()
+    x, dx = values.datasets["train"].tensors["inputs"], increments.datasets["train"].tensors["inputs"]
+    assert torch.equal(values.datasets["val"].tensors["targets"], increments.datasets["val"].tensors["targets"])
+    assert float(dx.square().mean().sqrt()) == pytest.approx(1.0, rel=0.1)  # the train part of a unit-RMS set
+    scale = float(x[:, 1:].sub(x[:, :-1]).abs().max() / dx[:, 1:].abs().max())
+    torch.testing.assert_close(torch.cumsum(dx, dim=1) * scale, x, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown inputs 'levels'; choose one of values, increments"):
+        ToySignatureDataModule(inputs="levels")
+
+
 def test_toy_signature_trains_end_to_end(train):
     summary = train("data=toy_signature", "data.dim=3", "trainer.max_steps=20")
     assert summary["status"] == "completed"

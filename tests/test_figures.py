@@ -62,6 +62,7 @@ def test_a5_sweep_goes_deeper_only_where_the_shallower_model_failed():
     first = a5_min_depth.needed_runs("small", pd.DataFrame(columns=["run_dir"]))
     assert len(first) == len(a5_min_depth.MODELS) * len(sweep["lengths"])
     assert {r.settings["model.n_layers"] for r in first} == {"1"}
+    assert all(r.settings["scale.max_steps"] == "3000" and r.settings["scale.lr"] == "0.003" for r in first)
 
     failing = {(m, n, 1): 0.95 if m == "lcde" else 0.1 for m in a5_min_depth.MODELS for n in sweep["lengths"]}
     second = a5_min_depth.needed_runs("small", a5_runs(failing))
@@ -128,6 +129,12 @@ def test_toy_signature_sweeps_deep_ssm_cores_with_and_without_the_nonlinearity()
         assert {r.settings["model.n_layers"] for r in deep} == {"1", "2"}
     smoke = [r for r in toy_signature.needed_runs("smoke", empty) if "model.ff" in r.settings]
     assert {(r.model, r.settings["model.ff"]) for r in smoke} == {("l2n", "LGLU")}  # one model of each kind
+
+
+def test_toy_signature_drives_only_the_linear_cdes_by_increments():
+    runs = toy_signature.needed_runs("small", pd.DataFrame(columns=["run_dir"]))
+    by_increments = {r.model for r in runs if r.settings.get("data.inputs") == "increments"}
+    assert by_increments == {"lcde", "lcde_random_ols"}
 
 
 def sysid_runs() -> pd.DataFrame:
@@ -273,7 +280,7 @@ def test_make_figures_smoke_end_to_end_then_redraws_without_training(tmp_path, m
     """`make figures SCALE=smoke FIG=a5_min_depth` on a fresh results dir, the sweep shrunk to
     one length and depth so that it trains two runs (about a minute on 2 CPU cores)."""
     monkeypatch.setenv("CI", "1")
-    monkeypatch.setitem(a5_min_depth.SWEEPS, "smoke", {"lengths": (3,), "max_depth": 1})
+    monkeypatch.setitem(a5_min_depth.SWEEPS, "smoke", {"lengths": (3,), "max_depth": 1, "budget": {}})
     results = tmp_path / "results"
     arguments = ["--scale", "smoke", "--figure", "a5_min_depth", "--models", "lru,rnn",
                  "--results-dir", str(results), "--data-dir", str(tmp_path / "data")]  # fmt: skip

@@ -5,6 +5,12 @@ Recipe: increments are standard Gaussians rounded to integers, summed into paths
 points and scaled by the largest |value| over the dataset; the label is S^{12} (``dim=2``) or
 S^{123} (``dim=3``) of the piecewise-linear path through those points (exact, by Chen's
 identity, ``ssm_lab.ops.signature``), scaled by its largest |value| over the dataset.
+
+``inputs="increments"`` gives a model the path's increments X_t - X_{t-1} (X_0 = 0) instead of
+its values, scaled to unit RMS over the dataset: the control a Linear CDE integrates (the paper
+drives its LCDE by dX), while the other models read the values. The label, a signature term of
+the path, does not change with it (a scaled path only rescales the term, and labels are
+normalised).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from ssm_lab.validation import check_positive
 
 #: The label's signature word per path dimension (channels 0-based: (0, 1) is S^{12}).
 WORDS = {2: (0, 1), 3: (0, 1, 2)}
+#: What a model reads of each path: its values, or its increments (unit RMS), see the module docstring.
+INPUTS = ("values", "increments")
 
 
 def toy_signature_paths(num_paths: int, seq_len: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -36,8 +44,16 @@ def toy_signature_paths(num_paths: int, seq_len: int, dim: int, seed: int) -> tu
     return paths.astype(np.float32), labels.astype(np.float32)
 
 
+def path_increments(paths: np.ndarray) -> np.ndarray:
+    """(N, L, dim) values -> (N, L, dim) increments X_t - X_{t-1} with X_0 = 0, divided by their
+    RMS over the whole array (left as they are when every increment is zero)."""
+    increments = np.diff(paths, axis=1, prepend=np.zeros_like(paths[:, :1]))
+    rms = float(np.sqrt(np.mean(np.square(increments, dtype=np.float64))))
+    return (increments / rms if rms > 0 else increments).astype(paths.dtype)
+
+
 class ToySignatureDataModule(SplitDataModule):
-    """Batches {"inputs": (B, seq_len, dim) path values, "targets": (B, 1) scaled label}.
+    """Batches {"inputs": (B, seq_len, dim) path values (or increments), "targets": (B, 1) scaled label}.
 
     The paper splits 80/20 into train and held-out paths and reports the held-out RMSE during
     training: "val" and "test" are both that held-out set. ``seed`` fixes the data,
@@ -53,17 +69,20 @@ class ToySignatureDataModule(SplitDataModule):
         steps_per_epoch: int = 100,
         seed: int = 0,
         shuffle_seed: int = 0,
+        inputs: str = "values",
     ) -> None:
         super().__init__(batch_size, steps_per_epoch, shuffle_seed)
         if dim not in WORDS:
             raise ValueError(f"dim must be one of {', '.join(map(str, WORDS))}, got {dim!r}")
+        if inputs not in INPUTS:
+            raise ValueError(f"unknown inputs {inputs!r}; choose one of {', '.join(INPUTS)}")
         if not 0.0 < train_fraction < 1.0:
             raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
         check_positive(seq_len=seq_len, num_paths=num_paths)
         self.num_train = int(round(num_paths * train_fraction))
         if not 0 < self.num_train < num_paths:
             raise ValueError(f"{num_paths} paths with train_fraction {train_fraction} leave an empty split")
-        self.dim, self.seq_len, self.num_paths, self.seed = dim, seq_len, num_paths, seed
+        self.dim, self.seq_len, self.num_paths, self.seed, self.inputs = dim, seq_len, num_paths, seed, inputs
         self._data: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
@@ -80,6 +99,8 @@ class ToySignatureDataModule(SplitDataModule):
     def build_split(self, split: str) -> TensorDictDataset:
         if self._data is None:
             paths, labels = toy_signature_paths(self.num_paths, self.seq_len, self.dim, self.seed)
+            if self.inputs == "increments":
+                paths = path_increments(paths)
             self._data = torch.from_numpy(paths), torch.from_numpy(labels).unsqueeze(1)
         paths, labels = self._data
         part = slice(None, self.num_train) if split == "train" else slice(self.num_train, None)
