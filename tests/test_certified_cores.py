@@ -221,10 +221,10 @@ def test_tv_step_matrices_are_contractions():
 @pytest.mark.parametrize("spread", [0.1, 1.0, 6.0])  # small pre-activations: norms < 1; large: most > 1
 def test_tv_fused_step_matrices_equal_the_reference_in_values_and_gradients(spread):
     generator = torch.Generator().manual_seed(int(10 * spread))
-    selected = (spread * torch.randn(3, 7, 3 * 5, generator=generator, dtype=torch.float64)).requires_grad_()
+    selected = (spread * torch.randn(3, 3, 7, 5, generator=generator, dtype=torch.float64)).requires_grad_()
     delta_bias = torch.randn(5, generator=generator, dtype=torch.float64, requires_grad=True)
     alpha = torch.randn(5, generator=generator, dtype=torch.float64, requires_grad=True)
-    weights = torch.randn(3, 7, 15, generator=generator, dtype=torch.float64)
+    weights = torch.randn(3, 3, 7, 5, generator=generator, dtype=torch.float64)
     inputs = (selected, delta_bias, alpha)
     fused, reference = step_matrices(*inputs), step_matrices_ref(*inputs)
     torch.testing.assert_close(fused, reference, atol=1e-14, rtol=1e-12)
@@ -235,6 +235,12 @@ def test_tv_fused_step_matrices_equal_the_reference_in_values_and_gradients(spre
     ):
         torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-10)
     assert torch.autograd.gradcheck(step_matrices, inputs)
+
+
+def test_tv_component_major_selection_equals_the_linear_layer():
+    core = TV(6, 4).double()
+    x = torch.randn(2, 5, 6, dtype=torch.float64)
+    torch.testing.assert_close(core.selected(x), torch.stack(core.selection(x).chunk(3, dim=-1)))
 
 
 def test_l2ru_satisfies_the_bounded_real_lemma():

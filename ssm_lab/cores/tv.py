@@ -46,72 +46,81 @@ def normalize_2x2(a: Tensor, b: Tensor, c: Tensor, d: Tensor) -> tuple[Tensor, T
 def step_matrices_ref(selected: Tensor, delta_bias: Tensor, alpha: Tensor) -> Tensor:
     """The reference twin of ``step_matrices``, by autograd through each operation.
 
-    selected: (B, L, 3N) = (delta, b, c) pre-activations -> (a, b, c) concatenated: (B, L, 3N),
+    selected: (3, ..., N) = the (delta, b, c) pre-activations stacked first -> (a, b, c): (3, ..., N),
     a = exp(-softplus(delta + delta_bias) softplus(alpha)), b, c = tanh(.), each [[a, b], [c, 0]]
     divided by max(1, its norm) (``normalize_2x2``)."""
-    delta, b, c = selected.chunk(3, dim=-1)
+    delta, b, c = selected.unbind(0)
     rate = nn.functional.softplus(delta + delta_bias) * nn.functional.softplus(alpha)
     a, b, c, _ = normalize_2x2(torch.exp(-rate), torch.tanh(b), torch.tanh(c), torch.zeros_like(b))
-    return torch.cat([a, b, c], dim=-1)
+    return torch.stack([a, b, c])
 
 
 def step_matrices(selected: Tensor, delta_bias: Tensor, alpha: Tensor) -> Tensor:
-    """``step_matrices_ref`` as one autograd node: it keeps (a, b, c) before normalisation, the two
-    moduli and the softplus input ((B, L, 6N) in all) instead of about fifteen intermediate
-    (B, L, N) tensors; equal values and gradients (tests/test_certified_cores.py)."""
+    """``step_matrices_ref`` as one autograd node: it keeps (a, b, c) before normalisation and the
+    softplus input ((4, ..., N) in all) instead of about fifteen intermediate tensors, and computes
+    tanh as 2 sigmoid(2x) - 1 (on CPU torch's sigmoid is several times faster than its tanh); the
+    components stacked first keep every elementwise pass on contiguous memory. Equal values and
+    gradients (tests/test_certified_cores.py)."""
     return _StepMatrices.apply(selected, delta_bias, alpha)
 
 
-def _scale(p: Tensor, q: Tensor) -> Tensor:
-    """max(1, ||M||_2) with ||M||_2 = (p + q) / 2, enlarged by 4 eps to cover the divisions' rounding."""
-    return (0.5 * (p + q)).clamp_min_(1.0).mul_(1 + 4 * torch.finfo(p.dtype).eps)
+def _moduli(raw: Tensor) -> tuple[Tensor, Tensor]:
+    """p = |a + i(b - c)|, q = |a + i(b + c)| of each [[a, b], [c, 0]] in raw = (a, b, c) stacked first
+    (``normalize_2x2``'s tiny term inside): ||M||_2 = (p + q) / 2."""
+    a, b, c = raw.unbind(0)
+    a_squared = (a * a).add_(torch.finfo(raw.dtype).tiny ** 0.5)
+    difference, total = b - c, b + c
+    return torch.addcmul(a_squared, difference, difference).sqrt_(), a_squared.addcmul_(total, total).sqrt_()
+
+
+def _inverse_scale(p: Tensor, q: Tensor) -> Tensor:
+    """1 / s with s = max(1, ||M||_2) (1 + 4 eps), ||M||_2 = (p + q) / 2: the 4 eps cover the rounding of o = k / s."""
+    return torch.add(p, q).mul_(0.5).clamp_min_(1.0).mul_(1 + 4 * torch.finfo(p.dtype).eps).reciprocal_()
 
 
 class _StepMatrices(torch.autograd.Function):
     """Forward as ``step_matrices_ref``: with d = 0 the norm's moduli are p = |a + i(b - c)| and
-    q = |a + i(b + c)| (``normalize_2x2``'s tiny term inside), s = max(1, (p + q) / 2)(1 + 4 eps),
-    o_k = k / s. Backward: dL/dk = g_k / s + dL/ds ds/dk with dL/ds = -sum_k g_k k / s^2,
-    ds/d(p, q) = (1 + 4 eps) / 2 where (p + q) / 2 >= 1 (else 0), dp = (a da + (b - c)(db - dc)) / p,
-    dq = (a da + (b + c)(db + dc)) / q; then tanh' = 1 - tanh^2, d exp(-r) = -exp(-r) dr, softplus' = sigmoid."""
+    q = |a + i(b + c)| (``_moduli``), s = max(1, (p + q) / 2)(1 + 4 eps), o_k = k / s. Backward:
+    dL/dk = g_k / s + dL/ds ds/dk with dL/ds = -sum_k g_k k / s^2, ds/d(p, q) = (1 + 4 eps) / 2 where
+    (p + q) / 2 >= 1 (else 0), dp = (a da + (b - c)(db - dc)) / p, dq = (a da + (b + c)(db + dc)) / q;
+    then tanh' = 1 - tanh^2, d exp(-r) = -exp(-r) dr, softplus' = sigmoid. p and q are recomputed in the
+    backward pass (two square roots) rather than kept."""
 
     @staticmethod
     def forward(ctx, selected: Tensor, delta_bias: Tensor, alpha: Tensor) -> Tensor:
-        n = selected.shape[-1] // 3
-        shifted = selected[..., :n] + delta_bias
-        rate = nn.functional.softplus(shifted) * nn.functional.softplus(alpha)
-        raw = torch.cat([torch.exp(-rate), torch.tanh(selected[..., n:])], dim=-1)
-        a, b, c = raw.chunk(3, dim=-1)
-        tiny = torch.finfo(raw.dtype).tiny ** 0.5
-        a_squared = (a * a).add_(tiny)
-        p = torch.sqrt(torch.addcmul(a_squared, b - c, b - c))
-        q = torch.sqrt(a_squared.addcmul_(b + c, b + c))
-        ctx.save_for_backward(raw, p, q, shifted, alpha)
-        return (raw.unflatten(-1, (3, n)) / _scale(p, q).unsqueeze(-2)).flatten(-2)
+        shifted = selected[0] + delta_bias
+        raw = torch.empty_like(selected)
+        rate = nn.functional.softplus(shifted).mul_(-nn.functional.softplus(alpha))
+        torch.exp(rate, out=raw[0])
+        torch.sigmoid(selected[1:] * 2, out=raw[1:])
+        raw[1:].mul_(2).sub_(1)  # tanh(x) = 2 sigmoid(2x) - 1
+        ctx.save_for_backward(raw, shifted, alpha)
+        return raw * _inverse_scale(*_moduli(raw))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        raw, p, q, shifted, alpha = ctx.saved_tensors
+        raw, shifted, alpha = ctx.saved_tensors
         eps = torch.finfo(raw.dtype).eps
-        a, b, c = raw.chunk(3, dim=-1)
-        g_a, g_b, g_c = grad.chunk(3, dim=-1)
-        inverse_scale = _scale(p, q).reciprocal_()
-        dot = (g_a * a).addcmul_(g_b, b).addcmul_(g_c, c)
-        active = 0.5 * (p + q) >= 1.0  # where max(1, .) passes the norm through
-        grad_half = dot.mul_(inverse_scale.square()).mul_(-(0.5 + 2 * eps) * active)
-        weight_p = grad_half / p
-        weight_q = grad_half.div_(q)  # grad_half is not needed after this
-        grad_a = (g_a * inverse_scale).addcmul_(weight_p + weight_q, a)
+        a, b, c = raw.unbind(0)
+        p, q = _moduli(raw)
+        inverse_scale = _inverse_scale(p, q)
+        grad_raw = grad * inverse_scale  # g_k / s, then the terms through s
+        dot = (grad[0] * a).addcmul_(grad[1], b).addcmul_(grad[2], c)
+        active = torch.add(p, q).ge_(2.0)  # 1 where max(1, .) passes the norm through, else 0
+        grad_half = dot.mul_(inverse_scale.square_()).mul_(active).mul_(-(0.5 + 2 * eps))
+        weight_p = p.reciprocal_().mul_(grad_half)
+        weight_q = q.reciprocal_().mul_(grad_half)
+        grad_raw[0].addcmul_(weight_p + weight_q, a)
         difference, total = weight_p.mul_(b - c), weight_q.mul_(b + c)  # dL/d(b - c), dL/d(b + c) via p, q
-        grad_tanh = torch.cat([(g_b * inverse_scale).add_(total).add_(difference),
-                               (g_c * inverse_scale).add_(total).sub_(difference)], dim=-1)  # fmt: skip
-        grad_tanh.mul_(1 - raw[..., a.shape[-1] :].square())
-        grad_rate = grad_a.mul_(a).neg_()  # d exp(-r) / dr = -exp(-r)
+        grad_raw[1].add_(total).add_(difference)
+        grad_raw[2].add_(total).sub_(difference)
+        grad_raw[1:].mul_(raw[1:].square().neg_().add_(1))  # tanh' = 1 - tanh^2
+        grad_rate = grad_raw[0].mul_(a)  # dL/d(-r), as d exp(-r) = exp(-r) d(-r)
         softplus_alpha = nn.functional.softplus(alpha)
-        grad_shifted = grad_rate * softplus_alpha * torch.sigmoid(shifted)
-        rate = -torch.log(a)  # a = exp(-rate) > 0
-        grad_alpha = (grad_rate * rate).flatten(0, -2).sum(0) / softplus_alpha * torch.sigmoid(alpha)
-        return torch.cat([grad_shifted, grad_tanh], dim=-1), grad_shifted.flatten(0, -2).sum(0), grad_alpha
+        grad_alpha = -(grad_rate * nn.functional.softplus(shifted)).flatten(0, -2).sum(0) * torch.sigmoid(alpha)
+        grad_shifted = grad_rate.mul_(torch.sigmoid(shifted)).mul_(-softplus_alpha)  # in grad_raw[0]
+        return grad_raw, grad_shifted.flatten(0, -2).sum(0), grad_alpha
 
 
 class TV(nn.Module):
@@ -160,9 +169,14 @@ class TV(nn.Module):
         W_out, norm_out = normalize_to_contraction(self.W_out, self.gram_iterations)
         return W_in, W_out, norm_in * norm_out
 
-    def step_matrices(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def selected(self, x: Tensor) -> Tensor:
+        """The selection's (delta, b, c) pre-activations, stacked first: (3, B, L, d_state), each
+        component contiguous (``self.selection(x)`` split in three, then one copy)."""
+        return self.selection(x).unflatten(-1, (3, self.d_state)).movedim(-2, 0).contiguous()
+
+    def step_matrices(self, x: Tensor) -> tuple[Tensor, ...]:
         """(a, b, c): each (B, L, d_state), with ||[[a, b], [c, 0]]||_2 <= 1 per entry."""
-        return step_matrices(self.selection(x), self.delta_bias, self.alpha).chunk(3, dim=-1)
+        return step_matrices(self.selected(x), self.delta_bias, self.alpha).unbind(0)
 
     def default_state(self, batch: int, device: torch.device | None = None) -> Tensor:
         return torch.zeros(batch, self.d_state, dtype=self.W_in.dtype, device=device or self.W_in.device)
@@ -185,8 +199,7 @@ class TV(nn.Module):
             raise ValueError(f"TV initial state must be (B, d_state) = {expected}, got {tuple(state.shape)}")
         W_in, W_out, norm = self._projections()
         a, b, c = self.step_matrices(x)
-        scaled_input = torch.exp(self.log_gamma) * (x @ W_in.transpose(0, 1))
-        drive = b * scaled_input
+        drive = b * (x @ (torch.exp(self.log_gamma) * W_in).transpose(0, 1))  # gamma folded into the weight
         states = linear_recurrence(a, drive, state, mode=mode)
         first = self.default_state(x.shape[0], x.device) if state is None else state
         previous = torch.cat([first.unsqueeze(1), states[:, :-1]], dim=1)
