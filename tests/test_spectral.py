@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ssm_lab.ops.spectral import normalize_to_contraction, spectral_norm_bound
+from ssm_lab.ops.spectral import _GramLogBound, gram_log_bound_ref, normalize_to_contraction, spectral_norm_bound
 
 
 def exact_norm(matrix: torch.Tensor) -> float:
@@ -65,6 +65,17 @@ def test_gradient_search_for_an_underestimate_fails():
 def test_bound_gradient_matches_finite_differences():
     matrix = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda w: spectral_norm_bound(w, iterations=6), (matrix,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.complex128])
+@pytest.mark.parametrize(("rows", "cols", "iterations"), [(7, 5, 1), (9, 9, 4), (12, 3, 8), (1, 1, 3)])
+def test_gram_bound_node_equals_its_autograd_reference(dtype, rows, cols, iterations):
+    generator = torch.Generator().manual_seed(rows * cols + iterations)
+    tall = torch.randn(rows, cols, generator=generator, dtype=dtype).requires_grad_()
+    fast, reference = _GramLogBound.apply(tall, iterations), gram_log_bound_ref(tall, iterations)
+    torch.testing.assert_close(fast, reference, rtol=1e-13, atol=1e-13)
+    (fast_grad,), (reference_grad,) = (torch.autograd.grad(value, tall) for value in (fast, reference))
+    torch.testing.assert_close(fast_grad, reference_grad, rtol=1e-9, atol=1e-12)
 
 
 def test_normalize_to_contraction_certifies_the_result():
