@@ -12,7 +12,7 @@ import torch
 from ssm_lab.cores.l2n import L2N
 from ssm_lab.cores.l2ru import L2RU, dense_recurrence
 from ssm_lab.cores.lru import LRU, diagonal_recurrence_conv
-from ssm_lab.cores.tv import TV, normalize_2x2, step_matrices, step_matrices_ref
+from ssm_lab.cores.tv import TV, normalize_2x2, step_matrices, step_matrices_ref, tv_recurrence, tv_recurrence_ref
 from ssm_lab.ops.scan import linear_recurrence
 from ssm_lab.ops.spectral import normalize_to_contraction
 from ssm_lab.optim import param_groups
@@ -235,6 +235,31 @@ def test_tv_fused_step_matrices_equal_the_reference_in_values_and_gradients(spre
     ):
         torch.testing.assert_close(got, expected, atol=1e-12, rtol=1e-10)
     assert torch.autograd.gradcheck(step_matrices, inputs)
+
+
+@pytest.mark.parametrize("mode", ["scan", "chunked", "torch_scan"])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_tv_fused_recurrence_equals_the_reference_in_values_and_gradients(mode, with_h0):
+    """Both outputs (readout z and the states) used by the loss, so both incoming gradients matter."""
+    generator = torch.Generator().manual_seed(3)
+    batch, length, n = 2, 45, 5
+
+    def sample(*shape, scale=1.0):
+        return (scale * torch.randn(*shape, generator=generator, dtype=torch.float64)).requires_grad_()
+
+    inputs = [sample(3, batch, length, n, scale=2.0), sample(batch, length, n), sample(batch, n) if with_h0 else None,
+              sample(n), sample(n)]  # fmt: skip
+    weights = [torch.randn(batch, length, n, generator=generator, dtype=torch.float64) for _ in range(2)]
+    differentiable = [tensor for tensor in inputs if tensor is not None]
+    results = []
+    for outputs in (tv_recurrence(*inputs, mode=mode), tv_recurrence_ref(*inputs)):
+        loss = sum((output * weight).sum() for output, weight in zip(outputs, weights, strict=True))
+        results.append((outputs, torch.autograd.grad(loss, differentiable)))
+    (fused, fused_grads), (reference, reference_grads) = results
+    for got, expected in zip((*fused, *fused_grads), (*reference, *reference_grads), strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-11, rtol=1e-10)
+    tiny = (sample(3, 1, 4, 2, scale=2.0), sample(1, 4, 2), sample(1, 2) if with_h0 else None, sample(2), sample(2))
+    assert torch.autograd.gradcheck(lambda *args: tv_recurrence(*args, mode=mode), tiny)
 
 
 def test_tv_component_major_selection_equals_the_linear_layer():

@@ -5,7 +5,12 @@ import pytest
 import torch
 
 from ssm_lab.cores.lru import LRU
-from ssm_lab.ops.scan import linear_recurrence_chunked, linear_recurrence_ref, linear_recurrence_scan
+from ssm_lab.ops.scan import (
+    linear_recurrence_adjoint,
+    linear_recurrence_chunked,
+    linear_recurrence_ref,
+    linear_recurrence_scan,
+)
 
 
 @pytest.fixture
@@ -143,3 +148,35 @@ def test_chunked_recurrence_matches_the_loop_in_values_and_gradients(dtype, leng
 def test_chunked_recurrence_rejects_a_bad_chunk_size():
     with pytest.raises(ValueError, match="chunk_size must be positive, got 0"):
         linear_recurrence_chunked(torch.ones(3), torch.ones(1, 2, 3), chunk_size=0)
+
+
+@pytest.mark.parametrize("mode", ["scan", "chunked", "torch_scan", "loop"])
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.float64])
+@pytest.mark.parametrize("decay_shape", ["N", "1LN", "BLN", "B1N"])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_adjoint_from_the_states_equals_autograd_of_the_loop(mode, dtype, decay_shape, with_h0):
+    """linear_recurrence_adjoint (what a fused node calls in its backward) == autograd of the loop."""
+    generator = torch.Generator().manual_seed(7)
+    batch, length, n = 3, 37, 4
+
+    def sample(*shape):
+        real = torch.randn(*shape, generator=generator, dtype=torch.float64)
+        if dtype.is_complex:
+            real = torch.complex(real, torch.randn(*shape, generator=generator, dtype=torch.float64))
+        return (0.5 * real).to(dtype)
+
+    shapes = {"N": (n,), "1LN": (1, length, n), "BLN": (batch, length, n), "B1N": (batch, 1, n)}
+    a = sample(*shapes[decay_shape]).requires_grad_()
+    b = sample(batch, length, n).requires_grad_()
+    h0 = sample(batch, n).requires_grad_() if with_h0 else None
+    inputs = [a, b] + ([h0] if with_h0 else [])
+    grad_states = sample(batch, length, n)
+    states = linear_recurrence_ref(a, b, h0)
+    expected = torch.autograd.grad(states, inputs, grad_states)
+    grad_a, grad_b, grad_h0 = linear_recurrence_adjoint(a.detach(), states.detach(), h0, grad_states, mode=mode)
+    got = [grad_a.reshape(a.shape), grad_b] + ([grad_h0] if with_h0 else [])
+    for value, reference in zip(got, expected, strict=True):
+        torch.testing.assert_close(value, reference, atol=1e-10, rtol=1e-10)
+    assert grad_h0 is None or with_h0
+    with pytest.raises(ValueError, match="unknown recurrence mode 'bogus'"):
+        linear_recurrence_adjoint(a.detach(), states.detach(), None, grad_states, mode="bogus")

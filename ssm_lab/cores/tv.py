@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
 from ssm_lab.cores.l2n import check_gamma
-from ssm_lab.ops.scan import linear_recurrence
+from ssm_lab.ops.scan import linear_recurrence, linear_recurrence_adjoint
 from ssm_lab.ops.spectral import normalize_to_contraction
 from ssm_lab.optim import mark_recurrence
 from ssm_lab.validation import check_positive
@@ -78,6 +78,44 @@ def _inverse_scale(p: Tensor, q: Tensor) -> Tensor:
     return torch.add(p, q).mul_(0.5).clamp_min_(1.0).mul_(1 + 4 * torch.finfo(p.dtype).eps).reciprocal_()
 
 
+def _raw_step_matrices(selected: Tensor, delta_bias: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
+    """(raw = (a, b, c) before normalisation: (3, ..., N), the softplus input delta + delta_bias)."""
+    shifted = selected[0] + delta_bias
+    raw = torch.empty_like(selected)
+    rate = nn.functional.softplus(shifted).mul_(-nn.functional.softplus(alpha))
+    torch.exp(rate, out=raw[0])
+    torch.sigmoid(selected[1:] * 2, out=raw[1:])
+    raw[1:].mul_(2).sub_(1)  # tanh(x) = 2 sigmoid(2x) - 1
+    return raw, shifted
+
+
+def _step_matrices_backward(
+    raw: Tensor, shifted: Tensor, alpha: Tensor, grad: Tensor, overwrite: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dL/dselected, dL/ddelta_bias, dL/dalpha) from dL/d(a, b, c) after normalisation (``_StepMatrices``);
+    ``overwrite``: the caller's ``grad`` becomes dL/dselected (no second (3, ..., N) buffer)."""
+    eps = torch.finfo(raw.dtype).eps
+    a, b, c = raw.unbind(0)
+    p, q = _moduli(raw)
+    inverse_scale = _inverse_scale(p, q)
+    dot = (grad[0] * a).addcmul_(grad[1], b).addcmul_(grad[2], c)
+    grad_raw = grad.mul_(inverse_scale) if overwrite else grad * inverse_scale  # g_k / s, then the terms through s
+    active = torch.add(p, q).ge_(2.0)  # 1 where max(1, .) passes the norm through, else 0
+    grad_half = dot.mul_(inverse_scale.square_()).mul_(active).mul_(-(0.5 + 2 * eps))
+    weight_p = p.reciprocal_().mul_(grad_half)
+    weight_q = q.reciprocal_().mul_(grad_half)
+    grad_raw[0].addcmul_(weight_p + weight_q, a)
+    difference, total = weight_p.mul_(b - c), weight_q.mul_(b + c)  # dL/d(b - c), dL/d(b + c) via p, q
+    grad_raw[1].add_(total).add_(difference)
+    grad_raw[2].add_(total).sub_(difference)
+    grad_raw[1:].mul_(raw[1:].square().neg_().add_(1))  # tanh' = 1 - tanh^2
+    grad_rate = grad_raw[0].mul_(a)  # dL/d(-r), as d exp(-r) = exp(-r) d(-r)
+    softplus_alpha = nn.functional.softplus(alpha)
+    grad_alpha = -(grad_rate * nn.functional.softplus(shifted)).flatten(0, -2).sum(0) * torch.sigmoid(alpha)
+    grad_shifted = grad_rate.mul_(torch.sigmoid(shifted)).mul_(-softplus_alpha)  # in grad_raw[0]
+    return grad_raw, grad_shifted.flatten(0, -2).sum(0), grad_alpha
+
+
 class _StepMatrices(torch.autograd.Function):
     """Forward as ``step_matrices_ref``: with d = 0 the norm's moduli are p = |a + i(b - c)| and
     q = |a + i(b + c)| (``_moduli``), s = max(1, (p + q) / 2)(1 + 4 eps), o_k = k / s. Backward:
@@ -88,39 +126,98 @@ class _StepMatrices(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, selected: Tensor, delta_bias: Tensor, alpha: Tensor) -> Tensor:
-        shifted = selected[0] + delta_bias
-        raw = torch.empty_like(selected)
-        rate = nn.functional.softplus(shifted).mul_(-nn.functional.softplus(alpha))
-        torch.exp(rate, out=raw[0])
-        torch.sigmoid(selected[1:] * 2, out=raw[1:])
-        raw[1:].mul_(2).sub_(1)  # tanh(x) = 2 sigmoid(2x) - 1
+        raw, shifted = _raw_step_matrices(selected, delta_bias, alpha)
         ctx.save_for_backward(raw, shifted, alpha)
         return raw * _inverse_scale(*_moduli(raw))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        raw, shifted, alpha = ctx.saved_tensors
-        eps = torch.finfo(raw.dtype).eps
-        a, b, c = raw.unbind(0)
-        p, q = _moduli(raw)
-        inverse_scale = _inverse_scale(p, q)
-        grad_raw = grad * inverse_scale  # g_k / s, then the terms through s
-        dot = (grad[0] * a).addcmul_(grad[1], b).addcmul_(grad[2], c)
-        active = torch.add(p, q).ge_(2.0)  # 1 where max(1, .) passes the norm through, else 0
-        grad_half = dot.mul_(inverse_scale.square_()).mul_(active).mul_(-(0.5 + 2 * eps))
-        weight_p = p.reciprocal_().mul_(grad_half)
-        weight_q = q.reciprocal_().mul_(grad_half)
-        grad_raw[0].addcmul_(weight_p + weight_q, a)
-        difference, total = weight_p.mul_(b - c), weight_q.mul_(b + c)  # dL/d(b - c), dL/d(b + c) via p, q
-        grad_raw[1].add_(total).add_(difference)
-        grad_raw[2].add_(total).sub_(difference)
-        grad_raw[1:].mul_(raw[1:].square().neg_().add_(1))  # tanh' = 1 - tanh^2
-        grad_rate = grad_raw[0].mul_(a)  # dL/d(-r), as d exp(-r) = exp(-r) d(-r)
-        softplus_alpha = nn.functional.softplus(alpha)
-        grad_alpha = -(grad_rate * nn.functional.softplus(shifted)).flatten(0, -2).sum(0) * torch.sigmoid(alpha)
-        grad_shifted = grad_rate.mul_(torch.sigmoid(shifted)).mul_(-softplus_alpha)  # in grad_raw[0]
-        return grad_raw, grad_shifted.flatten(0, -2).sum(0), grad_alpha
+        return _step_matrices_backward(*ctx.saved_tensors, grad)
+
+
+def tv_recurrence_ref(
+    selected: Tensor, drive_input: Tensor, h0: Tensor | None, delta_bias: Tensor, alpha: Tensor
+) -> tuple[Tensor, Tensor]:
+    """The tv recurrence by autograd through each step (the reference twin of ``tv_recurrence``):
+    (a, b, c) = step matrices, h_t = a_t h_{t-1} + b_t u_t (the loop), z_t = c_t h_{t-1}.
+    selected: (3, B, L, N) pre-activations, drive_input u: (B, L, N), h0: (B, N) or None -> (z, h)."""
+    a, b, c = step_matrices_ref(selected, delta_bias, alpha).unbind(0)
+    states = linear_recurrence(a, b * drive_input, h0, mode="loop")
+    first = torch.zeros_like(states[:, 0]) if h0 is None else h0
+    return c * torch.cat([first.unsqueeze(1), states[:, :-1]], dim=1), states
+
+
+def tv_recurrence(
+    selected: Tensor, drive_input: Tensor, h0: Tensor | None, delta_bias: Tensor, alpha: Tensor, mode: str = "scan"
+) -> tuple[Tensor, Tensor]:
+    """``tv_recurrence_ref`` as one autograd node around the fast scan of ``mode``: it keeps the raw
+    step matrices, the softplus input, u and the states ((6, B, L, N) in all) instead of every
+    intermediate, and its backward runs the scan's own adjoint (``linear_recurrence_adjoint``: the
+    Triton backward kernel on a GPU) then the step matrices' backward. Equal values and gradients
+    (tests/test_certified_cores.py)."""
+    return _TVRecurrence.apply(selected, drive_input, h0, delta_bias, alpha, mode)
+
+
+def _shifted_product(c: Tensor, states: Tensor, h0: Tensor | None, out: Tensor | None = None) -> Tensor:
+    """c_t h_{t-1} for every t (h_{-1} = h0, or 0), without a shifted copy of the states."""
+    product = torch.empty_like(states) if out is None else out
+    torch.mul(c[:, 1:], states[:, :-1], out=product[:, 1:])
+    if h0 is None:
+        product[:, 0] = 0
+    else:
+        torch.mul(c[:, 0], h0, out=product[:, 0])
+    return product
+
+
+class _TVRecurrence(torch.autograd.Function):
+    """Forward: (a, b, c) = step matrices, h = scan(a, b u, h0), z_t = c_t h_{t-1}. Backward, with
+    dz and dh (from the caller's use of the states): dc_t = dz_t h_{t-1}; the states receive
+    dh_t + dz_{t+1} c_{t+1} and h0 receives dz_0 c_0; the scan's adjoint gives (da, d(bu), dh0);
+    db = d(bu) u, du = d(bu) b; then the step matrices' backward."""
+
+    @staticmethod
+    def forward(ctx, selected, drive_input, h0, delta_bias, alpha, mode):
+        raw, shifted = _raw_step_matrices(selected, delta_bias, alpha)
+        inverse_scale = _inverse_scale(*_moduli(raw))
+        drive = raw[1] * inverse_scale * drive_input
+        states = linear_recurrence(raw[0] * inverse_scale, drive, h0, mode=mode)
+        del drive
+        ctx.save_for_backward(raw, shifted, alpha, drive_input, h0, states)
+        ctx.mode = mode
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not a (B, L, N) of zeros
+        return _shifted_product(raw[2] * inverse_scale, states, h0), states
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output: Tensor, grad_states: Tensor):
+        # ordered so that few (B, L, N) temporaries live at once: each normalised entry is made when needed
+        raw, shifted, alpha, drive_input, h0, states = ctx.saved_tensors
+        if grad_output is None:
+            grad_output = torch.zeros_like(states)
+        inverse_scale = _inverse_scale(*_moduli(raw))
+        grad_abc = torch.empty_like(raw)
+        _shifted_product(grad_output, states, h0, out=grad_abc[2])  # dc_t = dz_t h_{t-1}
+        c = raw[2] * inverse_scale
+        grad_states = torch.zeros_like(states) if grad_states is None else grad_states.clone()
+        grad_states[:, :-1].addcmul_(grad_output[:, 1:], c[:, 1:])
+        grad_h0_readout = None if h0 is None else grad_output[:, 0] * c[:, 0]
+        del c
+        grad_a, grad_drive, grad_h0 = linear_recurrence_adjoint(
+            raw[0] * inverse_scale, states, h0, grad_states, mode=ctx.mode
+        )
+        del grad_states
+        if grad_h0 is not None:
+            grad_h0 = grad_h0 + grad_h0_readout
+        grad_abc[0] = grad_a
+        del grad_a
+        torch.mul(grad_drive, drive_input, out=grad_abc[1])
+        grad_drive_input = grad_drive.mul_(raw[1]).mul_(inverse_scale)  # d(b u) b, b = raw_b / s
+        del inverse_scale
+        grad_selected, grad_delta_bias, grad_alpha = _step_matrices_backward(
+            raw, shifted, alpha, grad_abc, overwrite=True
+        )
+        return grad_selected, grad_drive_input, grad_h0, grad_delta_bias, grad_alpha, None
 
 
 class TV(nn.Module):
@@ -174,10 +271,6 @@ class TV(nn.Module):
         component contiguous (``self.selection(x)`` split in three, then one copy)."""
         return self.selection(x).unflatten(-1, (3, self.d_state)).movedim(-2, 0).contiguous()
 
-    def step_matrices(self, x: Tensor) -> tuple[Tensor, ...]:
-        """(a, b, c): each (B, L, d_state), with ||[[a, b], [c, 0]]||_2 <= 1 per entry."""
-        return step_matrices(self.selected(x), self.delta_bias, self.alpha).unbind(0)
-
     def default_state(self, batch: int, device: torch.device | None = None) -> Tensor:
         return torch.zeros(batch, self.d_state, dtype=self.W_in.dtype, device=device or self.W_in.device)
 
@@ -198,13 +291,13 @@ class TV(nn.Module):
             expected = (x.shape[0], self.d_state)
             raise ValueError(f"TV initial state must be (B, d_state) = {expected}, got {tuple(state.shape)}")
         W_in, W_out, norm = self._projections()
-        a, b, c = self.step_matrices(x)
-        drive = b * (x @ (torch.exp(self.log_gamma) * W_in).transpose(0, 1))  # gamma folded into the weight
-        states = linear_recurrence(a, drive, state, mode=mode)
-        first = self.default_state(x.shape[0], x.device) if state is None else state
-        previous = torch.cat([first.unsqueeze(1), states[:, :-1]], dim=1)
-        y = (c * previous) @ W_out.transpose(0, 1)
-        return y, state_at_lengths(states, lengths), torch.exp(self.log_gamma) * norm
+        drive_input = x @ (torch.exp(self.log_gamma) * W_in).transpose(0, 1)  # gamma folded into the weight
+        recurrence_inputs = (self.selected(x), drive_input, state, self.delta_bias, self.alpha)
+        if mode == "loop":  # the reference, step by step through autograd
+            readout, states = tv_recurrence_ref(*recurrence_inputs)
+        else:
+            readout, states = tv_recurrence(*recurrence_inputs, mode=mode)
+        return readout @ W_out.transpose(0, 1), state_at_lengths(states, lengths), torch.exp(self.log_gamma) * norm
 
     def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """One step: x_t: (B, d_model), state: (B, d_state) -> (y_t: (B, d_model), next state)."""

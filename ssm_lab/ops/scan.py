@@ -12,19 +12,23 @@ force one on any device.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 try:  # Triton ships with CUDA builds of torch; CPU installs run the torch paths only
-    from ssm_lab.ops.triton.linear_scan import SUPPORTED_DTYPES, linear_scan
+    from ssm_lab.ops.triton.linear_scan import SUPPORTED_DTYPES, linear_scan, linear_scan_adjoint
 except ImportError:
-    linear_scan = None
+    linear_scan = linear_scan_adjoint = None
     SUPPORTED_DTYPES = ()
 
 __all__ = [
     "MODES",
     "kernel_applies",
     "linear_recurrence",
+    "linear_recurrence_adjoint",
     "linear_recurrence_chunked",
     "linear_recurrence_ref",
     "linear_recurrence_scan",
@@ -182,24 +186,44 @@ class _ChunkedRecurrence(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_states: Tensor):
         a, states, h0 = ctx.saved_tensors
-        conj_a = a.conj()
-        successor = conj_a if a.shape[1] == 1 else torch.nn.functional.pad(conj_a[:, 1:], (0, 0, 0, 1))
-        g = _chunked_states(successor, grad_states.contiguous(), None, ctx.chunk, reverse=True)
-        grad_a = grad_h0 = None
-        if ctx.needs_input_grad[0]:
-            if a.shape[1] == 1:  # constant a: sum over time of g_l conj(h_{l-1}), on slices (no shifted copy)
-                grad_a = torch.linalg.vecdot(states[:, :-1], g[:, 1:], dim=1)
-                if h0 is not None:
-                    grad_a = grad_a + h0.conj() * g[:, 0]
-                grad_a = grad_a.unsqueeze(1)
-            else:
-                first = torch.zeros_like(states[:, :1]) if h0 is None else h0.unsqueeze(1)
-                grad_a = g * torch.cat([first, states[:, :-1]], dim=1).conj()
-            if a.shape[0] == 1:
-                grad_a = grad_a.sum(0, keepdim=True)
-        if h0 is not None and ctx.needs_input_grad[2]:
-            grad_h0 = conj_a[:, 0] * g[:, 0]
-        return grad_a, g, grad_h0, None
+        reverse = functools.partial(_chunked_states, chunk=ctx.chunk, reverse=True)
+        return (*_adjoint(a, states, h0, grad_states, reverse, need_a=ctx.needs_input_grad[0]), None)
+
+
+def _adjoint(
+    a: Tensor, states: Tensor, h0: Tensor | None, grad_states: Tensor, reverse: Callable, need_a: bool = True
+) -> tuple[Tensor | None, Tensor, Tensor | None]:
+    """(grad_a, grad_b, grad_h0) of the recurrence from its states: g_l = grad_l + conj(a_{l+1}) g_{l+1}
+    run by ``reverse(coefficients, inputs, None)`` (a recurrence from the end), then dLoss/db_l = g_l,
+    dLoss/da_l = g_l conj(h_{l-1}) (summed over the axes a broadcasts along), dLoss/dh0 = conj(a_0) g_0
+    (PyTorch's complex convention)."""
+    conj_a = a.conj()
+    successor = conj_a if a.shape[1] == 1 else torch.nn.functional.pad(conj_a[:, 1:], (0, 0, 0, 1))
+    g = reverse(successor, grad_states.contiguous(), None)
+    grad_a = None
+    if need_a:
+        if a.shape[1] == 1:  # constant a: sum over time of g_l conj(h_{l-1}), on slices (no shifted copy)
+            grad_a = torch.linalg.vecdot(states[:, :-1], g[:, 1:], dim=1)
+            if h0 is not None:
+                grad_a = grad_a + h0.conj() * g[:, 0]
+            grad_a = grad_a.unsqueeze(1)
+        else:  # g_l conj(h_{l-1}) on slices, h_{-1} = h0 or 0
+            grad_a = torch.empty_like(g)
+            torch.mul(g[:, 1:], states[:, :-1].conj(), out=grad_a[:, 1:])
+            grad_a[:, 0] = 0 if h0 is None else g[:, 0] * h0.conj()
+        if a.shape[0] == 1:
+            grad_a = grad_a.sum(0, keepdim=True)
+    return grad_a, g, None if h0 is None else conj_a[:, 0] * g[:, 0]
+
+
+def _time_reversed(recurrence: Callable) -> Callable:
+    """A recurrence from the end, h_l = a_l h_{l+1} + b_l, made of a forward one on time-flipped inputs."""
+
+    def reverse(a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
+        a = a if a.shape[1] == 1 else a.flip(1)
+        return recurrence(a, b.flip(1), h0).flip(1)
+
+    return reverse
 
 
 def _common_dtype(a: Tensor, b: Tensor, h0: Tensor | None) -> torch.dtype:
@@ -236,6 +260,30 @@ _MODES = {
     "loop": linear_recurrence_ref,
 }
 MODES = tuple(_MODES)
+
+
+def linear_recurrence_adjoint(
+    a: Tensor, states: Tensor, h0: Tensor | None, grad_states: Tensor, mode: str = "scan"
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(grad_a, grad_b, grad_h0) of ``states = linear_recurrence(a, b, h0, mode)`` from the states and
+    dLoss/dstates, without an autograd graph: for a fused node that keeps the states itself. The
+    backward of the path ``mode`` runs (the Triton kernel's, the chunked scan's, or the mode's forward
+    on time-reversed inputs); grad_a has a's broadcast shape (1 or B, 1 or L, N)."""
+    if mode not in _MODES:
+        raise ValueError(f"unknown recurrence mode {mode!r}; choose one of {', '.join(_MODES)}")
+    a = _as_3d(a, states)
+    with torch.no_grad():
+        if mode == "scan" and kernel_applies(a, states, h0):
+            dtype = _common_dtype(a, states, h0)
+            grad_a, grad_b, grad_h0 = linear_scan_adjoint(
+                a.to(dtype).contiguous(), states.to(dtype), None if h0 is None else h0.to(dtype), grad_states
+            )
+            return grad_a, grad_b, grad_h0
+        if mode == "chunked" or (mode == "scan" and not states.is_cuda):
+            reverse = functools.partial(_chunked_states, chunk=CHUNK_SIZE, reverse=True)
+        else:
+            reverse = _time_reversed(_MODES[mode])
+        return _adjoint(a, states, h0, grad_states, reverse)
 
 
 def linear_recurrence(a: Tensor, b: Tensor, h0: Tensor | None = None, mode: str = "scan") -> Tensor:

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["linear_scan", "SUPPORTED_DTYPES"]
+__all__ = ["linear_scan", "linear_scan_adjoint", "SUPPORTED_DTYPES"]
 
 # complex64 is the only complex dtype: bf16/fp16 have no complex counterpart in torch, and complex128
 # (like float64) stays on the torch path, where double precision is what the caller asked for.
@@ -254,8 +254,7 @@ class _LinearScan(torch.autograd.Function):
     def forward(ctx, a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
         batch, length, channels = b.shape
         h = torch.empty_like(b)
-        a_stride_batch = a.shape[1] * channels if a.shape[0] == batch and batch > 1 else 0
-        a_stride_time = channels if a.shape[1] == length and length > 1 else 0
+        a_stride_batch, a_stride_time = _a_strides(a, batch, length, channels)
         _forward_kernel[_grid(batch, channels)](
             _float_view(a), _float_view(b), _float_view(h0 if h0 is not None else b), _float_view(h),
             length, channels, a_stride_batch, a_stride_time,
@@ -263,33 +262,47 @@ class _LinearScan(torch.autograd.Function):
             num_warps=_NUM_WARPS,
         )  # fmt: skip
         ctx.save_for_backward(a, h, h0)
-        ctx.a_strides = (a_stride_batch, a_stride_time)
         return h
 
     @staticmethod
     def backward(ctx, grad_h: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        a, h, h0 = ctx.saved_tensors
-        a_stride_batch, a_stride_time = ctx.a_strides
-        batch, length, channels = h.shape
-        grad_h = grad_h.contiguous().to(h.dtype)
-        a_per_step = a_stride_time != 0
-        grad_b = torch.empty_like(h)
-        # per-step da is written in a's dtype; a time-constant da is an fp32 sum over time
-        accumulate = torch.complex64 if a.is_complex() else torch.float32
-        grad_a = torch.empty_like(h, dtype=a.dtype) if a_per_step else h.new_empty((batch, channels), dtype=accumulate)
-        grad_h0 = torch.empty_like(h0) if h0 is not None else None
-        _backward_kernel[_grid(batch, channels)](
-            _float_view(a), _float_view(h), _float_view(h0 if h0 is not None else h), _float_view(grad_h),
-            _float_view(grad_a), _float_view(grad_b), _float_view(grad_h0 if h0 is not None else h),
-            length, channels, a_stride_batch, a_stride_time,
-            HAS_H0=h0 is not None, A_PER_STEP=a_per_step, IS_COMPLEX=h.is_complex(),
-            BLOCK_T=_BLOCK_T, BLOCK_N=_BLOCK_N, num_warps=_NUM_WARPS,
-        )  # fmt: skip
-        if not a_per_step:
-            grad_a = grad_a.unsqueeze(1)
-        if a.shape[0] == 1 and batch > 1:
-            grad_a = grad_a.sum(0, keepdim=True)
-        return grad_a.to(a.dtype), grad_b, grad_h0
+        return linear_scan_adjoint(*ctx.saved_tensors, grad_h)
+
+
+def _a_strides(a: Tensor, batch: int, length: int, channels: int) -> tuple[int, int]:
+    """Element strides of a (Ba, La, N) contiguous ``a`` along batch and time; 0 where it broadcasts."""
+    a_stride_batch = a.shape[1] * channels if a.shape[0] == batch and batch > 1 else 0
+    a_stride_time = channels if a.shape[1] == length and length > 1 else 0
+    return a_stride_batch, a_stride_time
+
+
+def linear_scan_adjoint(
+    a: Tensor, h: Tensor, h0: Tensor | None, grad_h: Tensor
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(grad_a, grad_b, grad_h0) of ``linear_scan`` from its states ``h`` and dLoss/dh, by the backward
+    kernel (one pass reading a, h, dh, writing da, db): what its autograd node runs, callable by a
+    fused node that kept the states itself. a: contiguous (1 or B, 1 or L, N) in h's dtype."""
+    batch, length, channels = h.shape
+    a_stride_batch, a_stride_time = _a_strides(a, batch, length, channels)
+    grad_h = grad_h.contiguous().to(h.dtype)
+    a_per_step = a_stride_time != 0
+    grad_b = torch.empty_like(h)
+    # per-step da is written in a's dtype; a time-constant da is an fp32 sum over time
+    accumulate = torch.complex64 if a.is_complex() else torch.float32
+    grad_a = torch.empty_like(h, dtype=a.dtype) if a_per_step else h.new_empty((batch, channels), dtype=accumulate)
+    grad_h0 = torch.empty_like(h0) if h0 is not None else None
+    _backward_kernel[_grid(batch, channels)](
+        _float_view(a), _float_view(h), _float_view(h0 if h0 is not None else h), _float_view(grad_h),
+        _float_view(grad_a), _float_view(grad_b), _float_view(grad_h0 if h0 is not None else h),
+        length, channels, a_stride_batch, a_stride_time,
+        HAS_H0=h0 is not None, A_PER_STEP=a_per_step, IS_COMPLEX=h.is_complex(),
+        BLOCK_T=_BLOCK_T, BLOCK_N=_BLOCK_N, num_warps=_NUM_WARPS,
+    )  # fmt: skip
+    if not a_per_step:
+        grad_a = grad_a.unsqueeze(1)
+    if a.shape[0] == 1 and batch > 1:
+        grad_a = grad_a.sum(0, keepdim=True)
+    return grad_a.to(a.dtype), grad_b, grad_h0
 
 
 def linear_scan(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Tensor:
