@@ -75,7 +75,7 @@ class SSL(nn.Module):
             z, state, gain = self.core.forward_and_gain_bound(x, state=state, mode=mode, lengths=lengths)
         else:
             (z, state), gain = self.core(x, state=state, mode=mode, lengths=lengths), None
-        return x + torch.sigmoid(self.core_mix_logit) * z, state, gain
+        return torch.addcmul(x, torch.sigmoid(self.core_mix_logit), z), state, gain  # x + alpha z, one pass
 
     def _feedforward_residual(self, x: Tensor, with_bound: bool) -> tuple[Tensor, Tensor | None]:
         """(x + beta FF(x), the static layer's Lipschitz bound when ``with_bound``)."""
@@ -83,7 +83,7 @@ class SSL(nn.Module):
             f, bound = self.feedforward.forward_and_lipschitz_bound(x)
         else:
             f, bound = self.feedforward(x), None
-        return x + torch.sigmoid(self.feedforward_mix_logit) * f, bound
+        return torch.addcmul(x, torch.sigmoid(self.feedforward_mix_logit), f), bound  # x + beta f, one pass
 
     def _call(self, function: Callable[..., Any], *args: Any) -> Any:
         """function(*args); with ``checkpoint`` (and gradients on) its activations are not kept but
