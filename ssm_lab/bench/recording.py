@@ -27,8 +27,11 @@ def results_path(directory: Path = RESULTS_DIR) -> Path:
 
 
 def _git_commit() -> str:
+    """The checked-out commit, "-dirty" when the working tree differs from it (a copy of a tree whose
+    .git is older than its files says so instead of naming a commit that did not run)."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        command = ["git", "describe", "--always", "--dirty", "--abbrev=7"]
+        return subprocess.run(command, capture_output=True, text=True).stdout.strip()
     except OSError:
         return ""
 

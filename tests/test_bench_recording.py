@@ -1,0 +1,39 @@
+"""Benchmark records: appended (never overwritten) and stamped with what ran them."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+import torch
+
+from ssm_lab.bench.recording import _git_commit, append_records
+
+
+def test_records_are_appended_with_device_versions_and_the_commit(tmp_path):
+    path = tmp_path / "results" / "bench.jsonl"
+    append_records([{"name": "first"}], path)
+    append_records([{"name": "second"}, {"name": "third"}], path)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [row["name"] for row in rows] == ["first", "second", "third"]
+    assert all(row["torch"] == torch.__version__ and row["time"] for row in rows)
+    if not torch.cuda.is_available():
+        assert all(row["device"] == "cpu" and row["threads"] == torch.get_num_threads() for row in rows)
+
+
+def test_the_commit_says_dirty_when_the_tree_differs_from_it(tmp_path, monkeypatch):
+    run = lambda *args: subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    try:
+        run("init", "-q")
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("git is not available")
+    (tmp_path / "file.txt").write_text("one\n")
+    run("add", "file.txt")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")
+    monkeypatch.chdir(tmp_path)
+    clean = _git_commit()
+    assert re.fullmatch(r"[0-9a-f]{7,}", clean)
+    (tmp_path / "file.txt").write_text("two\n")
+    assert _git_commit() == f"{clean}-dirty"
