@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from ssm_lab.cores.s4 import S4, cauchy_sums, cauchy_sums_ref
+from ssm_lab.cores.s4 import S4, DecayPowers, cauchy_sums, cauchy_sums_ref
 from ssm_lab.cores.s4d import S4D
 from ssm_lab.cores.s5 import S5
 from ssm_lab.ops.fft_conv import causal_conv, causal_conv_ref
@@ -125,7 +125,7 @@ def test_s4_conv_equals_loop_with_state_and_padding(length):
         torch.testing.assert_close(final, final_loop)
 
 
-def _cauchy_inputs(heads: int, length: int, states: int, columns: int, rows: int) -> dict[str, torch.Tensor]:
+def _cauchy_inputs(heads: int, length: int, states: int, columns: int) -> dict[str, torch.Tensor]:
     """S4's nodes (alpha = 1 - w, beta = dt/2 (1 + w) at the roots of unity w) with random poles and sums, float64."""
     generator = torch.Generator().manual_seed(4)
 
@@ -144,45 +144,103 @@ def _cauchy_inputs(heads: int, length: int, states: int, columns: int, rows: int
         "alpha": 1 - roots,
         "beta": (dt / 2 * (1 + roots)).requires_grad_(),
         "numerators": randn(heads, states, columns).requires_grad_(),
-        "weights": randn(heads, rows, length).requires_grad_(),
     }
 
 
-@pytest.mark.parametrize("sides", [("numerators",), ("weights",), ("numerators", "weights")])
-def test_cauchy_sums_gradcheck(sides):
-    """The hand-written backward of the Cauchy sums against finite differences, each output kind alone and both."""
-    inputs = _cauchy_inputs(heads=2, length=6, states=3, columns=2, rows=2)
+def test_cauchy_sums_gradcheck():
+    """The hand-written backward of the Cauchy sums against finite differences."""
+    inputs = _cauchy_inputs(heads=2, length=6, states=3, columns=2)
 
-    def sums(eigenvalues, beta, *given):
-        chosen = dict(zip(sides, given, strict=True))
-        return tuple(s for s in cauchy_sums(eigenvalues, inputs["alpha"], beta, **chosen) if s is not None)
+    def sums(eigenvalues, beta, numerators):
+        return cauchy_sums(eigenvalues, inputs["alpha"], beta, numerators)
 
-    assert torch.autograd.gradcheck(sums, (inputs["eigenvalues"], inputs["beta"], *(inputs[s] for s in sides)))
+    assert torch.autograd.gradcheck(sums, (inputs["eigenvalues"], inputs["beta"], inputs["numerators"]))
 
 
 def test_cauchy_sums_equal_the_reference_values_and_gradients():
     """At a size split into uneven blocks of heads on CPU (1024 x 128 poles per head: blocks of 2, then 1)."""
-    inputs = _cauchy_inputs(heads=3, length=1024, states=128, columns=4, rows=5)
-    differentiable = [inputs[name] for name in ("eigenvalues", "beta", "numerators", "weights")]
-    generator = torch.Generator().manual_seed(5)
-    cotangents = [torch.randn(3, 1024, 4, generator=generator, dtype=torch.complex128)]
-    cotangents.append(torch.randn(3, 5, 128, generator=generator, dtype=torch.complex128))
+    inputs = _cauchy_inputs(heads=3, length=1024, states=128, columns=4)
+    differentiable = [inputs[name] for name in ("eigenvalues", "beta", "numerators")]
+    cotangent = torch.randn(3, 1024, 4, generator=torch.Generator().manual_seed(5), dtype=torch.complex128)
     results = []
     for function in (cauchy_sums_ref, cauchy_sums):
-        outputs = function(**inputs)
-        loss = sum(
-            (output * cotangent.conj()).real.sum() for output, cotangent in zip(outputs, cotangents, strict=True)
-        )
-        results.append((*outputs, *torch.autograd.grad(loss, differentiable)))
-    names = ["states sums", "nodes sums", "eigenvalues", "beta", "numerators", "weights"]
-    for name, ours, reference in zip(names, results[1], results[0], strict=True):
+        sums = function(**inputs)
+        results.append((sums, *torch.autograd.grad((sums * cotangent.conj()).real.sum(), differentiable)))
+    for name, ours, reference in zip(["sums", "eigenvalues", "beta", "numerators"], *results[::-1], strict=True):
         torch.testing.assert_close(ours, reference, atol=1e-10, rtol=1e-8, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_cauchy_sums_refuse_differentiable_nodes():
-    inputs = _cauchy_inputs(heads=1, length=4, states=2, columns=1, rows=1)
+    inputs = _cauchy_inputs(heads=1, length=4, states=2, columns=1)
     with pytest.raises(ValueError, match="nodes alpha as constants"):
         cauchy_sums(inputs["eigenvalues"], inputs["alpha"].requires_grad_(), inputs["beta"], inputs["numerators"])
+
+
+@pytest.mark.parametrize("d_state", [1, 6, 16])
+def test_decay_powers_equal_dense_matrix_powers(d_state):
+    """Every product of ``DecayPowers`` (low-rank doublings, dense powers, sequential row steps, the state kernel)
+    against torch.linalg.matrix_power of the dense Abar, values and gradients, float64."""
+    core = _perturbed_s4(3, d_state)
+    generator = torch.Generator().manual_seed(8)
+    rows = torch.randn(3, 2, d_state, generator=generator, dtype=torch.complex128)
+    parameters = [p for name, p in core.named_parameters() if name not in ("C_re", "C_im", "D")]
+
+    def products(exponent, fast):
+        decay = core.dense_decay()
+        if not fast:
+            power = torch.linalg.matrix_power(decay, exponent)
+            kernel = torch.stack(
+                [torch.linalg.matrix_power(decay, k) @ core.discrete_dplr()[3].unsqueeze(-1) for k in range(8)], 1
+            )
+            return rows @ power, rows @ power.mT, kernel.squeeze(-1), torch.linalg.matrix_power(decay, 8).mT
+        powers = DecayPowers(*core.discrete_dplr()[:3])
+        values = (powers.row_power(rows, exponent), powers.times(rows, exponent, transposed=True))
+        return (*values, powers.state_kernel(core.discrete_dplr()[3], 3), powers.chunk_step(3))
+
+    for exponent in (1, 5, 8, 40, 1000):
+        results = []
+        for fast in (False, True):
+            values = products(exponent, fast)
+            loss = sum((value * value.detach().conj()).real.sum() for value in values)
+            results.append((*values, *torch.autograd.grad(loss, parameters)))
+        for index, (ours, reference) in enumerate(zip(*results[::-1], strict=True)):
+            torch.testing.assert_close(
+                ours, reference, atol=1e-10, rtol=1e-8, msg=lambda m, i=index, e=exponent: f"{e}, output {i}: {m}"
+            )
+
+
+@pytest.mark.parametrize(("length", "d_state"), [(100, 8), (257, 16)])
+def test_s4_conv_equals_loop_over_several_chunks(length, d_state):
+    """Long enough for dense powers, several row steps and several chunks of the final state's Horner sum."""
+    core = _perturbed_s4(2, d_state)
+    generator = torch.Generator().manual_seed(9)
+    x = torch.randn(3, length, 2, generator=generator, dtype=torch.float64)
+    state = torch.randn(3, 2, d_state, generator=generator, dtype=torch.complex128)
+    lengths = torch.tensor([length, length - 30, 1])
+    real = (torch.arange(length) < lengths.unsqueeze(1)).unsqueeze(-1)
+    for mode_state in (None, state):
+        (y, final), (y_loop, final_loop) = (core(x, mode_state, mode=m, lengths=lengths) for m in ("conv", "loop"))
+        torch.testing.assert_close(y * real, y_loop * real)
+        torch.testing.assert_close(final, final_loop)
+
+
+def test_s4_conv_in_float32_keeps_float64_accuracy():
+    """At the benchmark's state size and length (low-rank doublings up to rank 32, dense powers, 32 row steps, 8
+    chunks), float32 outputs, final states and gradients stay close to the same computation in float64."""
+    torch.manual_seed(0)
+    single = S4(4, d_state=64)
+    double = S4(4, d_state=64).double()
+    double.load_state_dict(single.state_dict())
+    x = torch.randn(3, 1024, 4, generator=torch.Generator().manual_seed(10))
+    results = []
+    for core, inputs in ((single, x), (double, x.double())):
+        y, final = core(inputs, mode="conv")
+        loss = y.square().mean() + final.abs().square().mean()
+        results.append((y, final, *torch.autograd.grad(loss, list(core.parameters()))))
+    names = ["y", "final", *(name for name, _ in single.named_parameters())]
+    for name, ours, reference in zip(names, *results, strict=True):
+        error = (ours.to(reference.dtype) - reference).norm() / reference.norm()
+        assert error < (2e-5 if name in ("y", "final") else 1e-3), f"{name}: relative error {error:.1e}"
 
 
 @pytest.mark.parametrize("length", [1, 2, 7, 16])

@@ -56,7 +56,9 @@ class CausalSelfAttention(nn.Module):
             z = x + sinusoidal_positions(steps, self.d_model).to(x.dtype)
         else:
             z = x + sinusoidal_positions(cache[2].sum(1, keepdim=True) + steps, self.d_model).to(x.dtype)
-        q, k, v = self.qkv(z).view(*x.shape[:2], 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
+        # split (B, L, 3, heads, d_head) on its own axis: SDPA returns gradients in (B, L, heads, d_head) memory, which
+        # the backward stacks straight into the projection's layout (after a permute it would copy them once more)
+        q, k, v = (part.transpose(1, 2) for part in self.qkv(z).unflatten(-1, (3, self.n_heads, self.d_head)).unbind(2))
         return q, k, v
 
     def _attend(self, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
