@@ -115,14 +115,10 @@ def test_bad_mode_and_shape(core: LRU):
         core(torch.randn(1, 3, 6), state=torch.zeros(2, 5, dtype=torch.complex64))
 
 
-@pytest.mark.parametrize("dtype", [torch.complex128, torch.float64])
-@pytest.mark.parametrize("length", [1, 2, 7, 31, 32, 33, 100])
-@pytest.mark.parametrize("decay_shape", ["N", "1LN", "BLN", "B1N"])
-@pytest.mark.parametrize("with_h0", [False, True])
-def test_chunked_recurrence_matches_the_loop_in_values_and_gradients(dtype, length, decay_shape, with_h0):
-    """Constant and per-step decays, shared or per-sequence, lengths around the chunk size (4)."""
-    generator = torch.Generator().manual_seed(length)
-    batch, n = 3, 5
+def _recurrence_inputs(dtype, decay_shape, with_h0, sizes, seed):
+    """(a of the given decay shape, b, h0 or None, a random cotangent of the states), scaled by 1/2, on autograd."""
+    generator = torch.Generator().manual_seed(seed)
+    batch, length, n = sizes
 
     def sample(*shape):
         real = torch.randn(*shape, generator=generator, dtype=torch.float64)
@@ -134,8 +130,17 @@ def test_chunked_recurrence_matches_the_loop_in_values_and_gradients(dtype, leng
     a = sample(*shapes[decay_shape]).requires_grad_()
     b = sample(batch, length, n).requires_grad_()
     h0 = sample(batch, n).requires_grad_() if with_h0 else None
+    return a, b, h0, sample(batch, length, n)
+
+
+@pytest.mark.parametrize("dtype", [torch.complex128, torch.float64])
+@pytest.mark.parametrize("length", [1, 2, 7, 31, 32, 33, 100])
+@pytest.mark.parametrize("decay_shape", ["N", "1LN", "BLN", "B1N"])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_chunked_recurrence_matches_the_loop_in_values_and_gradients(dtype, length, decay_shape, with_h0):
+    """Constant and per-step decays, shared or per-sequence, lengths around the chunk size (4)."""
+    a, b, h0, weights = _recurrence_inputs(dtype, decay_shape, with_h0, (3, length, 5), seed=length)
     inputs = [a, b] + ([h0] if with_h0 else [])
-    weights = sample(batch, length, n)
     results = []
     for states in (linear_recurrence_chunked(a, b, h0, chunk_size=4), linear_recurrence_ref(a, b, h0)):
         results.append((states, torch.autograd.grad((states * weights).real.sum(), inputs)))
@@ -156,21 +161,8 @@ def test_chunked_recurrence_rejects_a_bad_chunk_size():
 @pytest.mark.parametrize("with_h0", [False, True])
 def test_adjoint_from_the_states_equals_autograd_of_the_loop(mode, dtype, decay_shape, with_h0):
     """linear_recurrence_adjoint (what a fused node calls in its backward) == autograd of the loop."""
-    generator = torch.Generator().manual_seed(7)
-    batch, length, n = 3, 37, 4
-
-    def sample(*shape):
-        real = torch.randn(*shape, generator=generator, dtype=torch.float64)
-        if dtype.is_complex:
-            real = torch.complex(real, torch.randn(*shape, generator=generator, dtype=torch.float64))
-        return (0.5 * real).to(dtype)
-
-    shapes = {"N": (n,), "1LN": (1, length, n), "BLN": (batch, length, n), "B1N": (batch, 1, n)}
-    a = sample(*shapes[decay_shape]).requires_grad_()
-    b = sample(batch, length, n).requires_grad_()
-    h0 = sample(batch, n).requires_grad_() if with_h0 else None
+    a, b, h0, grad_states = _recurrence_inputs(dtype, decay_shape, with_h0, (3, 37, 4), seed=7)
     inputs = [a, b] + ([h0] if with_h0 else [])
-    grad_states = sample(batch, length, n)
     states = linear_recurrence_ref(a, b, h0)
     expected = torch.autograd.grad(states, inputs, grad_states)
     grad_a, grad_b, grad_h0 = linear_recurrence_adjoint(a.detach(), states.detach(), h0, grad_states, mode=mode)
