@@ -44,7 +44,7 @@ def normalize_2x2(a: Tensor, b: Tensor, c: Tensor, d: Tensor) -> tuple[Tensor, T
 
 
 def step_matrices_ref(selected: Tensor, delta_bias: Tensor, alpha: Tensor) -> Tensor:
-    """The reference twin of ``step_matrices``, by autograd through each operation.
+    """The step matrices by autograd through each operation (used by ``tv_recurrence_ref``).
 
     selected: (3, ..., N) = the (delta, b, c) pre-activations stacked first -> (a, b, c): (3, ..., N),
     a = exp(-softplus(delta + delta_bias) softplus(alpha)), b, c = tanh(.), each [[a, b], [c, 0]]
@@ -53,15 +53,6 @@ def step_matrices_ref(selected: Tensor, delta_bias: Tensor, alpha: Tensor) -> Te
     rate = nn.functional.softplus(delta + delta_bias) * nn.functional.softplus(alpha)
     a, b, c, _ = normalize_2x2(torch.exp(-rate), torch.tanh(b), torch.tanh(c), torch.zeros_like(b))
     return torch.stack([a, b, c])
-
-
-def step_matrices(selected: Tensor, delta_bias: Tensor, alpha: Tensor) -> Tensor:
-    """``step_matrices_ref`` as one autograd node: it keeps (a, b, c) before normalisation and the
-    softplus input ((4, ..., N) in all) instead of about fifteen intermediate tensors, and computes
-    tanh as 2 sigmoid(2x) - 1 (on CPU torch's sigmoid is several times faster than its tanh); the
-    components stacked first keep every elementwise pass on contiguous memory. Equal values and
-    gradients (tests/test_certified_cores.py)."""
-    return _StepMatrices.apply(selected, delta_bias, alpha)
 
 
 def _moduli(raw: Tensor) -> tuple[Tensor, Tensor]:
@@ -92,8 +83,14 @@ def _raw_step_matrices(selected: Tensor, delta_bias: Tensor, alpha: Tensor) -> t
 def _step_matrices_backward(
     raw: Tensor, shifted: Tensor, alpha: Tensor, grad: Tensor, overwrite: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """(dL/dselected, dL/ddelta_bias, dL/dalpha) from dL/d(a, b, c) after normalisation (``_StepMatrices``);
-    ``overwrite``: the caller's ``grad`` becomes dL/dselected (no second (3, ..., N) buffer)."""
+    """(dL/dselected, dL/ddelta_bias, dL/dalpha) from dL/d(a, b, c) after normalisation; ``overwrite``: the
+    caller's ``grad`` becomes dL/dselected (no second (3, ..., N) buffer).
+
+    With d = 0 the norm's moduli are p = |a + i(b - c)| and q = |a + i(b + c)| (``_moduli``),
+    s = max(1, (p + q) / 2)(1 + 4 eps), o_k = k / s, so dL/dk = g_k / s + dL/ds ds/dk with
+    dL/ds = -sum_k g_k k / s^2, ds/d(p, q) = (1 + 4 eps) / 2 where (p + q) / 2 >= 1 (else 0),
+    dp = (a da + (b - c)(db - dc)) / p, dq = (a da + (b + c)(db + dc)) / q; then tanh' = 1 - tanh^2,
+    d exp(-r) = -exp(-r) dr, softplus' = sigmoid. p and q are recomputed here rather than kept."""
     eps = torch.finfo(raw.dtype).eps
     a, b, c = raw.unbind(0)
     p, q = _moduli(raw)
@@ -114,26 +111,6 @@ def _step_matrices_backward(
     grad_alpha = -(grad_rate * nn.functional.softplus(shifted)).flatten(0, -2).sum(0) * torch.sigmoid(alpha)
     grad_shifted = grad_rate.mul_(torch.sigmoid(shifted)).mul_(-softplus_alpha)  # in grad_raw[0]
     return grad_raw, grad_shifted.flatten(0, -2).sum(0), grad_alpha
-
-
-class _StepMatrices(torch.autograd.Function):
-    """Forward as ``step_matrices_ref``: with d = 0 the norm's moduli are p = |a + i(b - c)| and
-    q = |a + i(b + c)| (``_moduli``), s = max(1, (p + q) / 2)(1 + 4 eps), o_k = k / s. Backward:
-    dL/dk = g_k / s + dL/ds ds/dk with dL/ds = -sum_k g_k k / s^2, ds/d(p, q) = (1 + 4 eps) / 2 where
-    (p + q) / 2 >= 1 (else 0), dp = (a da + (b - c)(db - dc)) / p, dq = (a da + (b + c)(db + dc)) / q;
-    then tanh' = 1 - tanh^2, d exp(-r) = -exp(-r) dr, softplus' = sigmoid. p and q are recomputed in the
-    backward pass (two square roots) rather than kept."""
-
-    @staticmethod
-    def forward(ctx, selected: Tensor, delta_bias: Tensor, alpha: Tensor) -> Tensor:
-        raw, shifted = _raw_step_matrices(selected, delta_bias, alpha)
-        ctx.save_for_backward(raw, shifted, alpha)
-        return raw * _inverse_scale(*_moduli(raw))
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor):
-        return _step_matrices_backward(*ctx.saved_tensors, grad)
 
 
 def tv_recurrence_ref(
