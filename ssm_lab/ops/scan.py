@@ -245,21 +245,26 @@ def _linear_recurrence_kernel(a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor
     return linear_scan(a.to(dtype), b.to(dtype), None if h0 is None else h0.to(dtype))
 
 
-def _linear_recurrence_auto(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Tensor:
-    if kernel_applies(a, b, h0):
-        return _linear_recurrence_kernel(a, b, h0)
-    if b.is_cuda:  # log L full-width passes beat T + C small launches on a GPU
-        return linear_recurrence_scan(a, b, h0)
-    return linear_recurrence_chunked(a, b, h0)
-
-
-_MODES = {
-    "scan": _linear_recurrence_auto,
+#: The paths a mode runs on; "scan" picks one by device and dtype (``_path``).
+_PATHS = {
+    "kernel": _linear_recurrence_kernel,
     "torch_scan": linear_recurrence_scan,
     "chunked": linear_recurrence_chunked,
     "loop": linear_recurrence_ref,
 }
-MODES = tuple(_MODES)
+MODES = ("scan", "torch_scan", "chunked", "loop")
+
+
+def _path(mode: str, a: Tensor, b: Tensor, h0: Tensor | None) -> str:
+    """The path ``mode`` runs: "scan" is the Triton kernel where it applies, else the torch scan on CUDA
+    (log L full-width passes beat T + C small launches on a GPU) and the chunked scan on CPU."""
+    if mode not in MODES:
+        raise ValueError(f"unknown recurrence mode {mode!r}; choose one of {', '.join(MODES)}")
+    if mode != "scan":
+        return mode
+    if kernel_applies(a, b, h0):
+        return "kernel"
+    return "torch_scan" if b.is_cuda else "chunked"
 
 
 def linear_recurrence_adjoint(
@@ -267,28 +272,23 @@ def linear_recurrence_adjoint(
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """(grad_a, grad_b, grad_h0) of ``states = linear_recurrence(a, b, h0, mode)`` from the states and
     dLoss/dstates, without an autograd graph: for a fused node that keeps the states itself. The
-    backward of the path ``mode`` runs (the Triton kernel's, the chunked scan's, or the mode's forward
+    backward of the path ``mode`` runs (the Triton kernel's, the chunked scan's, or the path's forward
     on time-reversed inputs); grad_a has a's broadcast shape (1 or B, 1 or L, N)."""
-    if mode not in _MODES:
-        raise ValueError(f"unknown recurrence mode {mode!r}; choose one of {', '.join(_MODES)}")
     a = _as_3d(a, states)
+    path = _path(mode, a, states, h0)
     with torch.no_grad():
-        if mode == "scan" and kernel_applies(a, states, h0):
+        if path == "kernel":
             dtype = _common_dtype(a, states, h0)
-            grad_a, grad_b, grad_h0 = linear_scan_adjoint(
-                a.to(dtype).contiguous(), states.to(dtype), None if h0 is None else h0.to(dtype), grad_states
-            )
-            return grad_a, grad_b, grad_h0
-        if mode == "chunked" or (mode == "scan" and not states.is_cuda):
+            h0 = None if h0 is None else h0.to(dtype)
+            return linear_scan_adjoint(a.to(dtype).contiguous(), states.to(dtype), h0, grad_states)
+        if path == "chunked":
             reverse = functools.partial(_chunked_states, chunk=CHUNK_SIZE, reverse=True)
         else:
-            reverse = _time_reversed(_MODES[mode])
+            reverse = _time_reversed(_PATHS[path])
         return _adjoint(a, states, h0, grad_states, reverse)
 
 
 def linear_recurrence(a: Tensor, b: Tensor, h0: Tensor | None = None, mode: str = "scan") -> Tensor:
     """Dispatch on ``mode``: "scan" (GPU kernel where it applies, else torch scan on CUDA, chunked on CPU),
     "torch_scan", "chunked", "loop"."""
-    if mode not in _MODES:
-        raise ValueError(f"unknown recurrence mode {mode!r}; choose one of {', '.join(_MODES)}")
-    return _MODES[mode](a, b, h0)
+    return _PATHS[_path(mode, a, b, h0)](a, b, h0)
