@@ -9,7 +9,7 @@ import subprocess
 import pytest
 import torch
 
-from ssm_lab.bench.recording import _git_commit, append_records
+from ssm_lab.bench.recording import _git_commit, append_records, results_path
 
 
 def test_records_are_appended_with_device_versions_and_the_commit(tmp_path):
@@ -20,7 +20,8 @@ def test_records_are_appended_with_device_versions_and_the_commit(tmp_path):
     assert [row["name"] for row in rows] == ["first", "second", "third"]
     assert all(row["torch"] == torch.__version__ and row["time"] for row in rows)
     if not torch.cuda.is_available():
-        assert all(row["device"] == "cpu" and row["threads"] == torch.get_num_threads() for row in rows)
+        assert all(row["device"] == "cpu" and row["threads"] == torch.get_num_threads() and row["cpu"] for row in rows)
+        assert results_path(tmp_path).name.endswith("-cpu.jsonl")
 
 
 def test_the_commit_says_dirty_when_the_tree_differs_from_it(tmp_path, monkeypatch):

@@ -15,9 +15,7 @@ to benchmarks/results/<UTC date>-cpu.jsonl. CPU timings are noisy when other pro
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -25,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ssm_lab.bench.recording import append_records, results_path
 from ssm_lab.models import DeepSSM
 
 SETTINGS = [  # (param, gamma, our ff, neural-ssm's ff)
@@ -108,17 +107,8 @@ def main() -> None:
                 row["speedup"] = row["neural_ssm_ms"] / row["ssm_lab_ms"]
             print(json.dumps(row), flush=True)
             records.append(row)
-    stamp = {
-        "device": "cpu",
-        "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    path = args.out or Path("benchmarks/results") / f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}-cpu.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        for record in records:
-            handle.write(json.dumps({**record, **stamp}) + "\n")
+    path = args.out or results_path(gpu=False)
+    append_records(records, path, gpu=False)
     print(f"appended {len(records)} records to {path}")
 
 

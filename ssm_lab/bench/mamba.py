@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print_table(records)
     out = args.out or (results_path() if device.type == "cuda" else None)  # CPU rows are a smoke check
     if out is not None:
-        append_records(records, out)
+        append_records(records, out, gpu=device.type == "cuda")
         print(f"appended to {out}")
     return records
 

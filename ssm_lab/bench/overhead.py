@@ -8,16 +8,13 @@ Appends one JSON line to benchmarks/results/<date>-<device>.jsonl.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import time
-from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
 
+from ssm_lab.bench.recording import append_records, results_path
 from ssm_lab.config import compose_config
 from ssm_lab.task import SequenceTask
 
@@ -99,15 +96,6 @@ def bare_step_time(cfg, steps: int, warmup: int) -> float:
     return sum(times) / len(times)
 
 
-def append_result(result: dict, directory: Path = Path("benchmarks/results")) -> Path:
-    """Append ``result`` (stamped with date, machine and torch version) to <date>-cpu.jsonl."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    path = directory / f"{now:%Y-%m-%d}-cpu.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    stamp = {"device": platform.processor() or platform.machine(), "torch": torch.__version__, "time": now.isoformat()}
-    with path.open("a") as handle:
-        handle.write(json.dumps({**result, **stamp}) + "\n")
-    return path
 
 
 def main() -> None:
@@ -134,7 +122,7 @@ def main() -> None:
         "ratio": lightning / bare,
         "torch_threads": torch.get_num_threads(),
     }
-    append_result(result)
+    append_records([result], results_path(gpu=False), gpu=False)  # a CPU-side measurement
     print(f"bare {1e3 * bare:.2f} ms/step, lightning {1e3 * lightning:.2f} ms/step, ratio {lightning / bare:.3f}")
 
 

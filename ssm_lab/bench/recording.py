@@ -1,9 +1,10 @@
-"""What every GPU benchmark shares: median timings, the memory-copy floor, and the jsonl record of results."""
+"""What the benchmarks share: the jsonl record of results (CPU and GPU), median GPU timings, the memory-copy floor."""
 
 from __future__ import annotations
 
 import datetime
 import json
+import platform
 import re
 import subprocess
 from collections.abc import Callable
@@ -14,16 +15,24 @@ import torch
 RESULTS_DIR = Path("benchmarks/results")
 
 
-def device_slug() -> str:
-    """'h100' for 'NVIDIA H100 80GB HBM3': the GPU's model, lower case, for the results file name."""
+def _on_gpu(gpu: bool | None) -> bool:
+    """Whether results are GPU results: as given, else whenever CUDA is available."""
+    return torch.cuda.is_available() if gpu is None else gpu
+
+
+def device_slug(gpu: bool | None = None) -> str:
+    """'h100' for 'NVIDIA H100 80GB HBM3': the GPU's model, lower case, for the results file name; 'cpu'
+    for CPU results (``gpu=False``, or no CUDA)."""
+    if not _on_gpu(gpu):
+        return "cpu"
     name = torch.cuda.get_device_name()
     match = re.search(r"\b([A-Z]+\d+[A-Za-z]*)\b", name.replace("NVIDIA", ""))
     return (match.group(1) if match else re.sub(r"\W+", "-", name)).lower()
 
 
-def results_path(directory: Path = RESULTS_DIR) -> Path:
-    """benchmarks/results/<UTC date>-<gpu>.jsonl"""
-    return directory / f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}-{device_slug()}.jsonl"
+def results_path(directory: Path = RESULTS_DIR, gpu: bool | None = None) -> Path:
+    """benchmarks/results/<UTC date>-<gpu or cpu>.jsonl"""
+    return directory / f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d}-{device_slug(gpu)}.jsonl"
 
 
 def _git_commit() -> str:
@@ -36,16 +45,17 @@ def _git_commit() -> str:
         return ""
 
 
-def append_records(records: list[dict], path: Path) -> None:
-    """Append one json line per record, each stamped with device, versions, commit and time
-    (the GPU's name and Triton's version where CUDA is available, else "cpu" and the thread count)."""
+def append_records(records: list[dict], path: Path, gpu: bool | None = None) -> None:
+    """Append one json line per record, each stamped with device, versions, commit and time: the GPU's
+    name and Triton's version for GPU results (``gpu``, default: CUDA is available), else "cpu", the
+    processor and the thread count."""
     stamp = {"torch": torch.__version__, "commit": _git_commit()}
-    if torch.cuda.is_available():
+    if _on_gpu(gpu):
         import triton
 
         stamp.update(device=torch.cuda.get_device_name(), triton=triton.__version__)
     else:
-        stamp.update(device="cpu", threads=torch.get_num_threads())
+        stamp.update(device="cpu", cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads())
     stamp["time"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
