@@ -8,7 +8,7 @@ import torch
 
 from ssm_lab.cores.lcde import LinearCDE, dormand_prince_affine
 from ssm_lab.ops.matrix_scan import (
-    batched_matrix_exp,
+    batched_affine_exp,
     chunked_matrix_recurrence,
     matrix_recurrence,
     matrix_recurrence_ref,
@@ -33,7 +33,9 @@ def test_matrix_scan_matches_the_loop_outputs_and_gradients(length):
 
 
 def test_matrix_scan_errors():
-    with pytest.raises(ValueError, match="unknown matrix recurrence mode 'tree'; choose one of loop, scan"):
+    with pytest.raises(
+        ValueError, match="unknown matrix recurrence mode 'tree'; choose one of scan, parallel, sequential, loop"
+    ):
         matrix_recurrence(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3), mode="tree")
     with pytest.raises(ValueError, match="need M: \\(B, L, N, N\\)"):
         matrix_recurrence(torch.zeros(1, 2, 3, 2), torch.zeros(1, 2, 3))
@@ -46,7 +48,7 @@ def test_exact_solver_is_the_affine_flow():
     M, v = core.vector_field(x, None)
     transition, offset = core.transitions(x, None)
     exponential = torch.linalg.matrix_exp(M)
-    torch.testing.assert_close(transition, exponential)
+    torch.testing.assert_close(transition, exponential)  # affine_exp against torch's scaling and squaring
     eye = torch.eye(4, dtype=torch.float64)
     torch.testing.assert_close(offset, torch.linalg.solve(M, ((exponential - eye) @ v.unsqueeze(-1))).squeeze(-1))
 
@@ -103,17 +105,33 @@ def test_least_squares_readout_is_the_least_squares_solution():
     torch.testing.assert_close(bias, expected[-1])
 
 
-def test_batched_matrix_exp_equals_one_call_values_and_gradients():
+@pytest.mark.parametrize("max_batch", [None, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scale", [0.0, 0.1, 1.0, 5.0])
+def test_affine_exp_is_the_augmented_matrix_exp_values_and_gradients(scale, dtype, max_batch):
+    """Against torch.linalg.matrix_exp([[M, v], [0, 0]]) for 1-norms from zero to ~40 (up to 6 squarings), in
+    calls of at most 3 matrices (14 in calls of 3, 3, 3, 3, 2) or one."""
     generator = torch.Generator().manual_seed(3)
-    matrices = (0.5 * torch.randn(2, 7, 4, 4, generator=generator, dtype=torch.float64)).requires_grad_(True)
-    weights = torch.randn(2, 7, 4, 4, generator=generator, dtype=torch.float64)
-    whole = torch.linalg.matrix_exp(matrices)
-    sliced = batched_matrix_exp(matrices, max_batch=3)  # 14 matrices in calls of 3, 3, 3, 3, 2
-    torch.testing.assert_close(sliced, whole)
-    grads = [torch.autograd.grad((out * weights).sum(), matrices)[0] for out in (whole, sliced)]
-    torch.testing.assert_close(grads[1], grads[0])
+    M = (scale * torch.randn(2, 7, 4, 4, generator=generator, dtype=torch.float64)).to(dtype).requires_grad_(True)
+    v = torch.randn(2, 7, 4, generator=generator, dtype=torch.float64).to(dtype).requires_grad_(True)
+    weights = torch.randn(2, 7, 5, 5, generator=generator, dtype=torch.float64).to(dtype)[..., :4, :]
+    augmented = torch.nn.functional.pad(torch.cat([M, v.unsqueeze(-1)], -1), (0, 0, 0, 1))  # a zero bottom row
+    reference = torch.linalg.matrix_exp(augmented)[..., :4, :]
+    exponential, offset = batched_affine_exp(M, v, max_batch)
+    ours = torch.cat([exponential, offset.unsqueeze(-1)], -1)
+    tolerance = {"rtol": 1e-4, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+    assert torch.allclose(ours, reference, **tolerance)
+    for ours_grad, reference_grad in zip(
+        torch.autograd.grad((ours * weights).sum(), (M, v)),
+        torch.autograd.grad((reference * weights).sum(), (M, v)),
+        strict=True,
+    ):
+        assert torch.allclose(ours_grad, reference_grad, **tolerance)
+
+
+def test_affine_exp_rejects_bad_batches():
     with pytest.raises(ValueError, match="max_batch must be a positive integer or None, got 0"):
-        batched_matrix_exp(matrices, max_batch=0)
+        batched_affine_exp(torch.zeros(2, 3, 3), torch.zeros(2, 3), max_batch=0)
 
 
 @pytest.mark.parametrize("recompute", [False, True])

@@ -7,8 +7,10 @@ transition matrix is an affine function of the input, discretised bilinearly:
     Bbar_t = (I - dt/2 A(x_t))^{-1} dt B,   h_t = Abar_t h_{t-1} + Bbar_t x_t,   y_t = C h_t + D x_t
 
 A_0 starts at HiPPO-LegS and the A_j near zero, so training starts from S4. Non-commuting
-input-dependent matrices are what state tracking needs; the recurrence is evaluated by a
-parallel scan over matrix products (mode "scan") or step by step (mode "loop", the reference).
+input-dependent matrices are what state tracking needs; mode "scan" evaluates the recurrence by
+``bilinear_recurrence`` (a parallel scan over matrix products on CUDA; on CPU step by step from one
+LU factorisation of I - dt/2 A(x_t) per step, never forming Abar_t), mode "loop" step by step
+through ``step`` (the reference).
 ``integration_timesteps`` tau scale the step: dt_t = tau_t dt.
 """
 
@@ -23,7 +25,7 @@ from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
 from ssm_lab.cores.s4d import log_uniform_steps
 from ssm_lab.cores.stepping import check_timesteps, step_through
 from ssm_lab.ops.hippo import legs
-from ssm_lab.ops.matrix_scan import matrix_recurrence
+from ssm_lab.ops.matrix_scan import bilinear_maps, bilinear_recurrence
 from ssm_lab.optim import mark_recurrence
 from ssm_lab.validation import check_positive
 
@@ -55,16 +57,15 @@ class IDS4(nn.Module):
         self.C = nn.Parameter(torch.randn(d_model, d_state) / math.sqrt(d_state))
         self.D = nn.Parameter(torch.randn(d_model))
 
-    def transitions(self, x: Tensor, timesteps: Tensor | None) -> tuple[Tensor, Tensor]:
-        """(Abar_t: (..., N, N), Bbar_t x_t: (..., N)) for x: (..., d_model)."""
+    def _discretisation_terms(self, x: Tensor, timesteps: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(dt/2 A(x_t): (..., N, N), dt B x_t: (..., N)), what the bilinear maps are made of."""
         A = self.A_0 + torch.einsum("...j,jnm->...nm", x, self.A_input)
         dt = torch.exp(self.log_dt).expand(x.shape[:-1]) if timesteps is None else timesteps * torch.exp(self.log_dt)
-        half_step = (dt / 2)[..., None, None]
-        eye = torch.eye(self.d_state, dtype=A.dtype, device=A.device)
-        left = eye - half_step * A
-        rhs = torch.cat([eye + half_step * A, (dt.unsqueeze(-1) * (x @ self.B.T)).unsqueeze(-1)], dim=-1)
-        solved = torch.linalg.solve(left, rhs)
-        return solved[..., :-1], solved[..., -1]
+        return (dt / 2)[..., None, None] * A, dt.unsqueeze(-1) * (x @ self.B.T)
+
+    def transitions(self, x: Tensor, timesteps: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(Abar_t: (..., N, N), Bbar_t x_t: (..., N)) for x: (..., d_model)."""
+        return bilinear_maps(*self._discretisation_terms(x, timesteps))
 
     def default_state(self, batch: int, device: torch.device | None = None) -> Tensor:
         return torch.zeros(batch, self.d_state, dtype=self.A_0.dtype, device=device or self.A_0.device)
@@ -84,8 +85,7 @@ class IDS4(nn.Module):
         if mode == "loop":
             state = self.default_state(x.shape[0], x.device) if state is None else state
             return step_through(self.step, x, state, lengths, {"integration_timesteps": integration_timesteps})
-        transition, inputs = self.transitions(x, integration_timesteps)
-        states = matrix_recurrence(transition, inputs, state, mode="scan")
+        states = bilinear_recurrence(*self._discretisation_terms(x, integration_timesteps), state, mode="scan")
         return states @ self.C.T + self.D * x, state_at_lengths(states, lengths)
 
     def step(self, x_t: Tensor, state: Tensor, integration_timesteps: Tensor | None = None) -> tuple[Tensor, Tensor]:

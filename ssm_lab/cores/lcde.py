@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
 from ssm_lab.cores.stepping import check_timesteps, step_through
-from ssm_lab.ops.matrix_scan import batched_matrix_exp, chunked_matrix_recurrence
+from ssm_lab.ops.matrix_scan import batched_affine_exp, chunked_matrix_recurrence
 from ssm_lab.optim import mark_recurrence
 from ssm_lab.validation import check_positive
 
@@ -95,7 +95,7 @@ class LinearCDE(nn.Module):
         chunk_length: int | None = None,
         recompute: bool = False,
     ) -> None:
-        """``max_exp_batch``: most matrices per matrix_exp call (None: one call); ``chunk_length``: steps per
+        """``max_exp_batch``: most matrices per ``affine_exp`` call (None: one call); ``chunk_length``: steps per
         scan window (None: the whole sequence); ``recompute``: rebuild each window's maps in backward."""
         super().__init__()
         if solver not in SOLVERS:
@@ -133,10 +133,7 @@ class LinearCDE(nn.Module):
         M, v = self.vector_field(x, timesteps)
         if self.solver == "euler":
             return torch.eye(self.d_state, dtype=M.dtype, device=M.device) + M, v
-        top = torch.cat([M, v.unsqueeze(-1)], dim=-1)  # (..., N, N + 1); the bottom row is zero
-        augmented = torch.cat([top, torch.zeros_like(top[..., :1, :])], dim=-2)
-        exponential = batched_matrix_exp(augmented, self.max_exp_batch)
-        return exponential[..., : self.d_state, : self.d_state], exponential[..., : self.d_state, self.d_state]
+        return batched_affine_exp(M, v, self.max_exp_batch)
 
     def default_state(self, batch: int, device: torch.device | None = None) -> Tensor:
         return torch.zeros(batch, self.d_state, dtype=self.B.dtype, device=device or self.B.device)
