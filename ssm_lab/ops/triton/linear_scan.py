@@ -124,10 +124,30 @@ def _join(prod_r, prod_i, h_r, h_i, carry_r, carry_i, IS_COMPLEX: tl.constexpr):
 
 
 @triton.jit
-def _ticket(sync_ptr, rows_per_segment):
-    """(segment, row) of this program, numbered in the order programs start (see the module docstring)."""
+def _program(sync_ptr, batch, channels, BLOCK_N: tl.constexpr):
+    """(segment, batch row, first channel) of this program, numbered by a ticket in the order programs
+    start (see the module docstring)."""
+    col_blocks = tl.cdiv(channels, BLOCK_N)
     ticket = tl.atomic_add(sync_ptr, 1)
-    return ticket // rows_per_segment, ticket % rows_per_segment
+    row = ticket % (batch * col_blocks)
+    return ticket // (batch * col_blocks), (row // col_blocks).to(tl.int64), (row % col_blocks) * BLOCK_N
+
+
+@triton.jit
+def _segment_states(
+    prefix_ptr, flag_ptr, coef_r, coef_i, x_r, x_i, first_r, first_i, segment, n_segments, pid_b, batch, col0,
+    channels, IS_COMPLEX: tl.constexpr, SEGMENT: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """States of the segment's tile (rows in the order the recurrence runs): local scan, carry in, join."""
+    rows = tl.arange(0, SEGMENT)
+    cols = col0 + tl.arange(0, BLOCK_N)
+    prod_r, prod_i, h_r, h_i = _local_scan(coef_r, coef_i, x_r, x_i, IS_COMPLEX)
+    carry_r, carry_i = _carry_in(
+        prefix_ptr, flag_ptr, segment, n_segments, batch * channels, n_segments * batch * channels,
+        pid_b * channels + cols, cols < channels, _last_row(prod_r, rows, SEGMENT), _last_row(prod_i, rows, SEGMENT),
+        _last_row(h_r, rows, SEGMENT), _last_row(h_i, rows, SEGMENT), first_r, first_i, IS_COMPLEX,
+    )  # fmt: skip
+    return _join(prod_r, prod_i, h_r, h_i, carry_r, carry_i, IS_COMPLEX)
 
 
 @triton.jit
@@ -215,22 +235,13 @@ def _forward_kernel(
     batch, length, channels, n_segments, a_stride_batch, a_stride_time,
     HAS_H0: tl.constexpr, IS_COMPLEX: tl.constexpr, SEGMENT: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    col_blocks = tl.cdiv(channels, BLOCK_N)
-    segment, row = _ticket(sync_ptr, batch * col_blocks)
-    pid_b = (row // col_blocks).to(tl.int64)
-    rows = tl.arange(0, SEGMENT)
-    col0 = (row % col_blocks) * BLOCK_N
-    cols = col0 + tl.arange(0, BLOCK_N)
-    col_ok = cols < channels
-    t = (segment * SEGMENT + rows)[:, None]
+    segment, pid_b, col0 = _program(sync_ptr, batch, channels, BLOCK_N)
+    t = (segment * SEGMENT + tl.arange(0, SEGMENT))[:, None]
     in_range = t < length
     row_starts = pid_b * length * channels + t * channels
     a_r, a_i = _load(a_ptr, pid_b * a_stride_batch + t * a_stride_time, in_range, col0, channels, IS_COMPLEX, BLOCK_N)
     a_r = tl.where(in_range, a_r, 1.0)  # past the end: identity steps (a = 1, b = 0)
     b_r, b_i = _load(b_ptr, row_starts, in_range, col0, channels, IS_COMPLEX, BLOCK_N)
-    prod_r, prod_i, h_r, h_i = _local_scan(a_r, a_i, b_r, b_i, IS_COMPLEX)
-
-    state_offsets = pid_b * channels + cols
     zero_row = tl.zeros((1, 1), dtype=tl.int64)
     first_r = tl.zeros((BLOCK_N,), dtype=tl.float32)
     first_i = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -238,12 +249,10 @@ def _forward_kernel(
         h0_r, h0_i = _load(h0_ptr, pid_b * channels + zero_row, zero_row == 0, col0, channels, IS_COMPLEX, BLOCK_N)
         first_r = tl.sum(h0_r, axis=0)
         first_i = tl.sum(h0_i, axis=0)
-    carry_r, carry_i = _carry_in(
-        prefix_ptr, flag_ptr, segment, n_segments, batch * channels, n_segments * batch * channels, state_offsets,
-        col_ok, _last_row(prod_r, rows, SEGMENT), _last_row(prod_i, rows, SEGMENT), _last_row(h_r, rows, SEGMENT),
-        _last_row(h_i, rows, SEGMENT), first_r, first_i, IS_COMPLEX,
+    h_r, h_i = _segment_states(
+        prefix_ptr, flag_ptr, a_r, a_i, b_r, b_i, first_r, first_i, segment, n_segments, pid_b, batch, col0, channels,
+        IS_COMPLEX, SEGMENT, BLOCK_N,
     )  # fmt: skip
-    h_r, h_i = _join(prod_r, prod_i, h_r, h_i, carry_r, carry_i, IS_COMPLEX)
     _store(h_ptr, row_starts, in_range, col0, channels, h_r, h_i, IS_COMPLEX, BLOCK_N)
 
 
@@ -254,13 +263,8 @@ def _backward_kernel(
     HAS_H0: tl.constexpr, A_PER_STEP: tl.constexpr, IS_COMPLEX: tl.constexpr,
     SEGMENT: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    col_blocks = tl.cdiv(channels, BLOCK_N)
-    segment, row = _ticket(sync_ptr, batch * col_blocks)  # segment 0 is the last in time
-    pid_b = (row // col_blocks).to(tl.int64)
+    segment, pid_b, col0 = _program(sync_ptr, batch, channels, BLOCK_N)  # segment 0 is the last in time
     rows = tl.arange(0, SEGMENT)
-    col0 = (row % col_blocks) * BLOCK_N
-    cols = col0 + tl.arange(0, BLOCK_N)
-    col_ok = cols < channels
     t = (length - 1 - segment * SEGMENT - rows)[:, None]  # rows reversed: row i is step L - 1 - segment * SEGMENT - i
     valid = t >= 0
     row_starts = pid_b * length * channels + t * channels
@@ -271,21 +275,16 @@ def _backward_kernel(
     d_r, d_i = _load(grad_h_ptr, row_starts, valid, col0, channels, IS_COMPLEX, BLOCK_N)
     # h_{t-1}: h0 (or 0) at t = 0
     p_r, p_i = _load(h_ptr, row_starts - channels, (t >= 1) & valid, col0, channels, IS_COMPLEX, BLOCK_N)
-    state_offsets = pid_b * channels + cols
     zero_row = tl.zeros((1, 1), dtype=tl.int64)
     if HAS_H0:
         q_r, q_i = _load(h0_ptr, pid_b * channels + 0 * t, t == 0, col0, channels, IS_COMPLEX, BLOCK_N)
         p_r += q_r
         p_i += q_i
-    prod_r, prod_i, g_r, g_i = _local_scan(c_r, -c_i, d_r, d_i, IS_COMPLEX)
-
     zero = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    carry_r, carry_i = _carry_in(
-        prefix_ptr, flag_ptr, segment, n_segments, batch * channels, n_segments * batch * channels, state_offsets,
-        col_ok, _last_row(prod_r, rows, SEGMENT), _last_row(prod_i, rows, SEGMENT), _last_row(g_r, rows, SEGMENT),
-        _last_row(g_i, rows, SEGMENT), zero, zero, IS_COMPLEX,
+    g_r, g_i = _segment_states(
+        prefix_ptr, flag_ptr, c_r, -c_i, d_r, d_i, zero, zero, segment, n_segments, pid_b, batch, col0, channels,
+        IS_COMPLEX, SEGMENT, BLOCK_N,
     )  # fmt: skip
-    g_r, g_i = _join(prod_r, prod_i, g_r, g_i, carry_r, carry_i, IS_COMPLEX)
     _store(grad_b_ptr, row_starts, valid, col0, channels, g_r, g_i, IS_COMPLEX, BLOCK_N)
     if IS_COMPLEX:
         da_r = g_r * p_r + g_i * p_i
