@@ -20,7 +20,8 @@ in a few dozen steps; the state, ~e^{sum_t Re lambda_max(M_t)}, then overflowed 
 NaN at step 132). With the factor outside, a step moves A_i by lr / init_std of its size, as for any
 O(1) weight, and the growth rate of the state follows the loss instead of the learning rate.
 
-Modes: "scan" (parallel scan over the products of the per-step affine maps, in windows of
+Modes: "scan" (the per-step affine maps composed by a parallel scan on CUDA, applied step by step on CPU
+(``ssm_lab.ops.matrix_scan.matrix_recurrence``), in windows of
 ``chunk_length`` steps, optionally recomputed in the backward pass: memory bounded by the window),
 "loop" (the recurrence step by step, the reference) and "adaptive" (an embedded Dormand-Prince RK5(4) with
 error control on every increment, for comparison with the fixed-step solvers; ``solver`` unused).
