@@ -78,6 +78,16 @@ def test_gram_bound_node_equals_its_autograd_reference(dtype, rows, cols, iterat
     torch.testing.assert_close(fast_grad, reference_grad, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(5, 3), (3, 5)])
+def test_a_zero_matrix_has_bound_zero_and_finite_gradients(shape):
+    """A zero-initialised weight must not make the first step's gradients NaN (0 * inf in the backward)."""
+    matrix = torch.zeros(shape, requires_grad=True)
+    assert float(spectral_norm_bound(matrix)) == 0.0
+    contraction, certified = normalize_to_contraction(matrix)
+    (gradient,) = torch.autograd.grad(contraction.sum() + certified + spectral_norm_bound(matrix), matrix)
+    assert torch.isfinite(gradient).all()
+
+
 def test_normalize_to_contraction_certifies_the_result():
     generator = torch.Generator().manual_seed(2)
     for scale in (1e-3, 0.5, 1.0, 7.0, 1e4):

@@ -29,6 +29,11 @@ from ssm_lab.ops.spectral import normalize_to_contraction
 from ssm_lab.optim import mark_recurrence
 from ssm_lab.validation import check_positive
 
+try:  # Triton ships with CUDA builds of torch; CPU installs run the torch passes only
+    from ssm_lab.ops.triton.tv_steps import tv_steps, tv_steps_applies, tv_steps_backward
+except ImportError:
+    tv_steps = tv_steps_applies = tv_steps_backward = None
+
 
 def normalize_2x2(a: Tensor, b: Tensor, c: Tensor, d: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Divide each [[a, b], [c, d]] (elementwise tensors) by max(1, its spectral norm), so ||.||_2 <= 1.
@@ -151,49 +156,66 @@ class _TVRecurrence(torch.autograd.Function):
     """Forward: (a, b, c) = step matrices, h = scan(a, b u, h0), z_t = c_t h_{t-1}. Backward, with
     dz and dh (from the caller's use of the states): dc_t = dz_t h_{t-1}; the states receive
     dh_t + dz_{t+1} c_{t+1} and h0 receives dz_0 c_0; the scan's adjoint gives (da, d(bu), dh0);
-    db = d(bu) u, du = d(bu) b; then the step matrices' backward."""
+    db = d(bu) u, du = d(bu) b; then the step matrices' backward. On CUDA the step matrices and their
+    backward are one Triton pass each (``ssm_lab.ops.triton.tv_steps``; the backward recomputes a and c
+    from the pre-activations rather than keeping them); elsewhere the torch passes below run, which keep
+    the raw step matrices and the softplus input."""
 
     @staticmethod
     def forward(ctx, selected, drive_input, h0, delta_bias, alpha, mode):
-        raw, shifted = _raw_step_matrices(selected, delta_bias, alpha)
-        inverse_scale = _inverse_scale(*_moduli(raw))
-        drive = raw[1] * inverse_scale * drive_input
-        states = linear_recurrence(raw[0] * inverse_scale, drive, h0, mode=mode)
-        del drive
-        ctx.save_for_backward(raw, shifted, alpha, drive_input, h0, states)
+        ctx.fused = tv_steps is not None and tv_steps_applies(selected, drive_input)
+        if ctx.fused:
+            a, drive, c = tv_steps(selected, drive_input, delta_bias, alpha)
+            kept = (selected,)
+        else:
+            raw, shifted = _raw_step_matrices(selected.contiguous(), delta_bias, alpha)
+            inverse_scale = _inverse_scale(*_moduli(raw))
+            a, drive, c = raw[0] * inverse_scale, raw[1] * inverse_scale * drive_input, raw[2] * inverse_scale
+            kept = (raw, shifted)
+        states = linear_recurrence(a, drive, h0, mode=mode)
+        del a, drive
+        ctx.save_for_backward(delta_bias, alpha, drive_input, h0, states, *kept)
         ctx.mode = mode
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not a (B, L, N) of zeros
-        return _shifted_product(raw[2] * inverse_scale, states, h0), states
+        return _shifted_product(c, states, h0), states
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output: Tensor, grad_states: Tensor):
         # ordered so that few (B, L, N) temporaries live at once: each normalised entry is made when needed
-        raw, shifted, alpha, drive_input, h0, states = ctx.saved_tensors
+        delta_bias, alpha, drive_input, h0, states, *kept = ctx.saved_tensors
         if grad_output is None:
             grad_output = torch.zeros_like(states)
-        inverse_scale = _inverse_scale(*_moduli(raw))
-        grad_abc = torch.empty_like(raw)
-        _shifted_product(grad_output, states, h0, out=grad_abc[2])  # dc_t = dz_t h_{t-1}
-        c = raw[2] * inverse_scale
+        if ctx.fused:
+            (selected,) = kept
+            a, _, c = tv_steps(selected, drive_input, delta_bias, alpha, with_drive=False)
+        else:
+            raw, shifted = kept
+            inverse_scale = _inverse_scale(*_moduli(raw))
+            a, c = raw[0] * inverse_scale, raw[2] * inverse_scale
+        grad_abc = None if ctx.fused else torch.empty_like(raw)  # the torch passes' (3, B, L, N) gradient
+        grad_c = _shifted_product(grad_output, states, h0, out=None if ctx.fused else grad_abc[2])  # dz_t h_{t-1}
         grad_states = torch.zeros_like(states) if grad_states is None else grad_states.clone()
         grad_states[:, :-1].addcmul_(grad_output[:, 1:], c[:, 1:])
         grad_h0_readout = None if h0 is None else grad_output[:, 0] * c[:, 0]
         del c
-        grad_a, grad_drive, grad_h0 = linear_recurrence_adjoint(
-            raw[0] * inverse_scale, states, h0, grad_states, mode=ctx.mode
-        )
-        del grad_states
+        grad_a, grad_drive, grad_h0 = linear_recurrence_adjoint(a, states, h0, grad_states, mode=ctx.mode)
+        del a, grad_states
         if grad_h0 is not None:
             grad_h0 = grad_h0 + grad_h0_readout
-        grad_abc[0] = grad_a
-        del grad_a
-        torch.mul(grad_drive, drive_input, out=grad_abc[1])
-        grad_drive_input = grad_drive.mul_(raw[1]).mul_(inverse_scale)  # d(b u) b, b = raw_b / s
-        del inverse_scale
-        grad_selected, grad_delta_bias, grad_alpha = _step_matrices_backward(
-            raw, shifted, alpha, grad_abc, overwrite=True
-        )
+        if ctx.fused:
+            grad_selected, grad_drive_input, grad_delta_bias, grad_alpha = tv_steps_backward(
+                selected, drive_input, delta_bias, alpha, grad_a, grad_drive, grad_c
+            )
+        else:
+            grad_abc[0] = grad_a
+            del grad_a
+            torch.mul(grad_drive, drive_input, out=grad_abc[1])
+            grad_drive_input = grad_drive.mul_(raw[1]).mul_(inverse_scale)  # d(b u) b, b = raw_b / s
+            del inverse_scale
+            grad_selected, grad_delta_bias, grad_alpha = _step_matrices_backward(
+                raw, shifted, alpha, grad_abc, overwrite=True
+            )
         return grad_selected, grad_drive_input, grad_h0, grad_delta_bias, grad_alpha, None
 
 
@@ -244,9 +266,9 @@ class TV(nn.Module):
         return W_in, W_out, norm_in * norm_out
 
     def selected(self, x: Tensor) -> Tensor:
-        """The selection's (delta, b, c) pre-activations, stacked first: (3, B, L, d_state), each
-        component contiguous (``self.selection(x)`` split in three, then one copy)."""
-        return self.selection(x).unflatten(-1, (3, self.d_state)).movedim(-2, 0).contiguous()
+        """The selection's (delta, b, c) pre-activations, stacked first: (3, B, L, d_state), a view of
+        ``self.selection(x)`` (the recurrence reads it in place on CUDA, copies it once elsewhere)."""
+        return self.selection(x).unflatten(-1, (3, self.d_state)).movedim(-2, 0)
 
     def default_state(self, batch: int, device: torch.device | None = None) -> Tensor:
         return torch.zeros(batch, self.d_state, dtype=self.W_in.dtype, device=device or self.W_in.device)
