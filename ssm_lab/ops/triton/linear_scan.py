@@ -156,6 +156,15 @@ def _complex_mul(x_r, x_i, y_r, y_i):
 
 
 @triton.jit
+def _times_conj(x_r, x_i, y_r, y_i, IS_COMPLEX: tl.constexpr):
+    """x conj(y); for real inputs (imaginary parts aliased to the real ones) x y in both returns."""
+    if IS_COMPLEX:
+        return x_r * y_r + x_i * y_i, x_i * y_r - x_r * y_i
+    product = x_r * y_r
+    return product, product
+
+
+@triton.jit
 def _raise_flags(flag_ptr, offsets, col_ok, value):
     tl.debug_barrier()  # every thread's part of the published values is written before any flag goes up
     tl.atomic_xchg(flag_ptr + offsets, value, mask=col_ok, sem="release")
@@ -286,12 +295,7 @@ def _backward_kernel(
         IS_COMPLEX, SEGMENT, BLOCK_N,
     )  # fmt: skip
     _store(grad_b_ptr, row_starts, valid, col0, channels, g_r, g_i, IS_COMPLEX, BLOCK_N)
-    if IS_COMPLEX:
-        da_r = g_r * p_r + g_i * p_i
-        da_i = g_i * p_r - g_r * p_i
-    else:
-        da_r = g_r * p_r
-        da_i = da_r
+    da_r, da_i = _times_conj(g_r, g_i, p_r, p_i, IS_COMPLEX)
     if A_PER_STEP:
         _store(grad_a_ptr, row_starts, valid, col0, channels, da_r, da_i, IS_COMPLEX, BLOCK_N)
     else:  # time-constant a: this segment's share of the sum over time, reduced by the caller
@@ -302,12 +306,7 @@ def _backward_kernel(
         a0_r, a0_i = _load(a_ptr, pid_b * a_stride_batch + zero_row, zero_row == 0, col0, channels, IS_COMPLEX, BLOCK_N)
         g0_r = tl.sum(tl.where(t == 0, g_r, 0.0), axis=0)[None, :]
         g0_i = tl.sum(tl.where(t == 0, g_i, 0.0), axis=0)[None, :]
-        if IS_COMPLEX:
-            dh0_r = a0_r * g0_r + a0_i * g0_i
-            dh0_i = a0_r * g0_i - a0_i * g0_r
-        else:
-            dh0_r = a0_r * g0_r
-            dh0_i = dh0_r
+        dh0_r, dh0_i = _times_conj(g0_r, g0_i, a0_r, a0_i, IS_COMPLEX)
         _store(
             grad_h0_ptr, pid_b * channels + zero_row, zero_row == 0, col0, channels, dh0_r, dh0_i, IS_COMPLEX, BLOCK_N
         )
