@@ -88,6 +88,15 @@ def test_a_zero_matrix_has_bound_zero_and_finite_gradients(shape):
     assert torch.isfinite(gradient).all()
 
 
+def test_the_autograd_reference_works_after_a_first_call_in_inference_mode():
+    """Lightning validates (under inference mode) before it trains: nothing cached then may break a backward."""
+    matrix = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    with torch.inference_mode():
+        spectral_norm_bound(matrix, iterations=13)  # an iteration count no other test uses: a first call
+    (gradient,) = torch.autograd.grad(gram_log_bound_ref(matrix, 13), matrix)
+    assert torch.isfinite(gradient).all()
+
+
 def test_normalize_to_contraction_certifies_the_result():
     generator = torch.Generator().manual_seed(2)
     for scale in (1e-3, 0.5, 1.0, 7.0, 1e4):

@@ -57,11 +57,14 @@ def spectral_norm_bound(matrix: Tensor, iterations: int = 8) -> Tensor:
 
 @functools.cache
 def _log_weights(iterations: int, device: torch.device) -> Tensor:
-    """(2, T + 1) float64 rows w, v with log b = w . log f and sum_t l_t = v . log f (``_gram_iteration``)."""
-    steps = torch.arange(iterations + 1, dtype=torch.float64)
-    bound_weights = 2.0**-steps
-    scale_weights = torch.where(steps < iterations, 2.0 ** (iterations - steps + 1) - 2, 0.0)
-    return torch.stack([bound_weights, scale_weights]).to(device)
+    """(2, T + 1) float64 rows w, v with log b = w . log f and sum_t l_t = v . log f (``_gram_iteration``),
+    made once per device: a normal tensor even when the first call runs under inference mode (a cached
+    inference tensor could not be saved for a later backward)."""
+    with torch.inference_mode(False):
+        steps = torch.arange(iterations + 1, dtype=torch.float64)
+        bound_weights = 2.0**-steps
+        scale_weights = torch.where(steps < iterations, 2.0 ** (iterations - steps + 1) - 2, 0.0)
+        return torch.stack([bound_weights, scale_weights]).to(device)
 
 
 def _gram_iteration(tall: Tensor, iterations: int) -> tuple[Tensor, list[Tensor], Tensor]:
