@@ -249,6 +249,18 @@ def _vector_combination(vectors: list[Tensor], coefficients: list[float]) -> Ten
     return total
 
 
+def _horner_in_blocks(
+    coefficients: list[float], block: int, combination: Callable[[list[float]], Tensor], times_y: Callable
+) -> Tensor:
+    """sum_j Y^j C_j with C_j = combination(c_{jq}, ..., c_{jq+q-1}) (q = block), by Horner in Y:
+    C_r, then C_j + Y (...) for j = r - 1, ..., 0 (``times_y`` multiplies by Y; its result is fresh)."""
+    last = (len(coefficients) - 1) // block
+    total = combination(coefficients[last * block :])
+    for j in range(last - 1, -1, -1):
+        total = times_y(total).add_(combination(coefficients[j * block : (j + 1) * block]))
+    return total
+
+
 def affine_exp(M: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     """(e^M, phi_1(M) v): the blocks of expm([[M, v], [0, 0]]) = [[e^M, phi_1(M) v], [0, 1]], the flow of
     h' = M h + v over unit time. M: (..., N, N), v: (..., N).
@@ -272,22 +284,20 @@ def affine_exp(M: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     scale = torch.exp2(-squarings)
     X, w = M * scale[..., None, None], v * scale[..., None]
     degree = taylor_degree(M.dtype)
-    block = max(1, math.isqrt(degree))
+    block = max(2, math.isqrt(degree))
     powers = [None, X]  # X^0 (implicit: the identity), X^1, ..., X^block
     for _ in range(block - 1):
         powers.append(powers[-1] @ X)
     vectors = [w, *(_apply(power, w) for power in powers[1:block])]  # X^i w, i < block
-    exp_coefficients = [1 / math.factorial(k) for k in range(degree + 1)]
-    phi_coefficients = [1 / math.factorial(k + 1) for k in range(degree)]
     Y = powers[block]
-    last = degree // block
-    P = _power_combination(powers[:block], exp_coefficients[last * block : (last + 1) * block])
-    for j in range(last - 1, -1, -1):
-        P = torch.matmul(Y, P).add_(_power_combination(powers[:block], exp_coefficients[j * block : (j + 1) * block]))
-    last = (degree - 1) // block
-    p = _vector_combination(vectors, phi_coefficients[last * block : (last + 1) * block])
-    for j in range(last - 1, -1, -1):
-        p = _apply(Y, p).add_(_vector_combination(vectors, phi_coefficients[j * block : (j + 1) * block]))
+    P = _horner_in_blocks(
+        [1 / math.factorial(k) for k in range(degree + 1)], block,
+        lambda coefficients: _power_combination(powers[:block], coefficients), lambda total: Y @ total,
+    )  # fmt: skip
+    p = _horner_in_blocks(
+        [1 / math.factorial(k + 1) for k in range(degree)], block,
+        lambda coefficients: _vector_combination(vectors, coefficients), lambda total: _apply(Y, total),
+    )  # fmt: skip
     for k in range(int(squarings.max()) if squarings.numel() else 0):
         squared = P @ P, _apply(P, p) + p
         needed = squarings > k  # all of them unless the norms straddle a power of two
