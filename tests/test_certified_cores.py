@@ -111,6 +111,27 @@ def test_forward_and_gain_bound_agrees_with_its_parts(name):
     torch.testing.assert_close(bound, core.gain_bound())
 
 
+@pytest.mark.parametrize("name", list(BUILDERS))
+@pytest.mark.parametrize("with_state", [False, True])
+def test_residual_scale_equals_the_skip_added_after_the_core(name, with_state):
+    """forward(x, residual_scale=s) folds s and the skip into the output products: it must equal
+    x + s forward(x) in values and in the gradients of x, s and every parameter, in every mode."""
+    core = build(name)
+    x = torch.randn(2, 7, D_MODEL, requires_grad=True)
+    scale = torch.tensor(0.3, requires_grad=True)
+    state = core.default_state(2) + torch.randn_like(core.default_state(2)) if with_state else None
+    inputs = [x, scale, *core.parameters()]
+    for mode in core.modes:
+        y, final = core(x, state=state, mode=mode, residual_scale=scale)
+        y_ref, final_ref = core(x, state=state, mode=mode)
+        y_ref = x + scale * y_ref
+        torch.testing.assert_close((y, final), (y_ref, final_ref), atol=1e-5, rtol=1e-5)
+        weights = torch.randn_like(y)
+        got = torch.autograd.grad((weights * y).sum(), inputs, allow_unused=True, materialize_grads=True)
+        want = torch.autograd.grad((weights * y_ref).sum(), inputs, allow_unused=True, materialize_grads=True)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_l2n_equals_its_real_block_diagonal_definition():
     """z_{t+1} = K11 z_t + K12 gamma u_t, y_t = K21 z_t + K22 gamma u_t with the dense real K."""
     core = build("l2n")

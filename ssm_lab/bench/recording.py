@@ -70,11 +70,20 @@ def median_ms(fn: Callable[[], object], warmup_ms: float = 25, repeat_ms: float 
     return float(do_bench(fn, warmup=warmup_ms, rep=repeat_ms, return_mode="median"))
 
 
-def copy_ms(n_bytes: int) -> float:
+def graphed_median_ms(fn: Callable[[], object], repeat_ms: float = 200) -> float:
+    """Median time of fn() in ms replayed from a CUDA graph (triton.testing.do_bench_cudagraph): the GPU's
+    own time, without the host's Python, autograd and launch overhead that ``median_ms`` includes (which
+    depends on the host CPU as much as on the GPU). fn must be capturable (no host synchronisation)."""
+    from triton.testing import do_bench_cudagraph
+
+    return float(do_bench_cudagraph(fn, rep=repeat_ms, return_mode="median"))
+
+
+def copy_ms(n_bytes: int, graphed: bool = False) -> float:
     """Time to copy a buffer of n_bytes on the GPU: it moves 2 * n_bytes (one read, one write)."""
     source = torch.randn(n_bytes // 4, device="cuda")
     target = torch.empty_like(source)
-    return median_ms(lambda: target.copy_(source))
+    return (graphed_median_ms if graphed else median_ms)(lambda: target.copy_(source))
 
 
 def peak_gib(fn: Callable[[], object]) -> float:

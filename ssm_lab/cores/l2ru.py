@@ -109,17 +109,28 @@ class L2RU(nn.Module):
         return torch.exp(self.log_gamma)
 
     def forward_and_gain_bound(
-        self, x: Tensor, state: Tensor | None = None, mode: str = "scan", lengths: Tensor | None = None
+        self,
+        x: Tensor,
+        state: Tensor | None = None,
+        mode: str = "scan",
+        lengths: Tensor | None = None,
+        residual_scale: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        return (*self.forward(x, state, mode, lengths), self.gain_bound())
+        return (*self.forward(x, state, mode, lengths, residual_scale), self.gain_bound())
 
     def default_state(self, batch: int, device: torch.device | None = None) -> Tensor:
         return torch.zeros(batch, self.d_state, dtype=self.X.dtype, device=device or self.X.device)
 
     def forward(
-        self, x: Tensor, state: Tensor | None = None, mode: str = "scan", lengths: Tensor | None = None
+        self,
+        x: Tensor,
+        state: Tensor | None = None,
+        mode: str = "scan",
+        lengths: Tensor | None = None,
+        residual_scale: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """x: (B, L, d_model), state: (B, d_state) or None -> (y: (B, L, d_model), final state)."""
+        """x: (B, L, d_model), state: (B, d_state) or None -> (y: (B, L, d_model), final state).
+        residual_scale s (a scalar tensor): y = x + s (C r + D x) instead, s folded into C and D."""
         check_input(x, self.d_model)
         check_mode(mode, self.modes, "L2RU")
         if state is not None and state.shape != (x.shape[0], self.d_state):
@@ -129,6 +140,9 @@ class L2RU(nn.Module):
         states = dense_recurrence(A, x @ B.transpose(0, 1), state, mode=mode)
         first = self.default_state(x.shape[0], x.device) if state is None else state
         previous = torch.cat([first.unsqueeze(1), states[:, :-1]], dim=1)
+        if residual_scale is not None:
+            C = residual_scale * C
+            D = torch.eye(D.shape[0], dtype=D.dtype, device=D.device).addcmul(residual_scale, D)
         y = previous @ C.transpose(0, 1) + x @ D.transpose(0, 1)
         return y, state_at_lengths(states, lengths)
 

@@ -55,12 +55,16 @@ def complex_drive(x: Tensor, B: Tensor) -> Tensor:
     return torch.view_as_complex((x @ interleaved.transpose(0, 1)).unflatten(-1, (-1, 2)))
 
 
-def real_readout(states: Tensor, C: Tensor) -> Tensor:
+def real_readout(states: Tensor, C: Tensor, skip: Tensor | None = None) -> Tensor:
     """Re(C h) for complex h: (B, L, N) and C: (H, N) -> (B, L, H), as one real matmul:
-    Re(C h) = C_re h_re - C_im h_im over the interleaved (h_re, h_im) pairs of view_as_real(h)."""
+    Re(C h) = C_re h_re - C_im h_im over the interleaved (h_re, h_im) pairs of view_as_real(h).
+    skip: (B, L, H) or None, added inside the matmul (addmm): skip + Re(C h) without another pass."""
     signs = torch.tensor([1.0, -1.0], dtype=C.real.dtype, device=C.device)
-    interleaved = (torch.view_as_real(C) * signs).flatten(-2)
-    return torch.view_as_real(states.contiguous()).flatten(-2) @ interleaved.transpose(0, 1)
+    interleaved = (torch.view_as_real(C) * signs).flatten(-2).transpose(0, 1)
+    flat = torch.view_as_real(states.contiguous()).flatten(-2)
+    if skip is None:
+        return flat @ interleaved
+    return torch.addmm(skip.flatten(0, -2), flat.flatten(0, -2), interleaved).view_as(skip)
 
 
 class DiagonalLTICore(nn.Module):
@@ -101,20 +105,37 @@ class DiagonalLTICore(nn.Module):
         return D * x if D.dim() == 1 else x @ D.transpose(0, 1)
 
     def forward(
-        self, x: Tensor, state: Tensor | None = None, mode: str = "scan", lengths: Tensor | None = None
+        self,
+        x: Tensor,
+        state: Tensor | None = None,
+        mode: str = "scan",
+        lengths: Tensor | None = None,
+        residual_scale: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """x: (B, L, H), state: (B, N) complex or None -> (y: (B, L, H), final state: (B, N))."""
-        return self._run(x, state, mode, lengths, self.system())
+        """x: (B, L, H), state: (B, N) complex or None -> (y: (B, L, H), final state: (B, N)).
+        residual_scale s (a scalar tensor): y = x + s (C r + D x) instead, the skip folded into the readout."""
+        return self._run(x, state, mode, lengths, self.system(), residual_scale)
 
     def forward_and_gain_bound(
-        self, x: Tensor, state: Tensor | None = None, mode: str = "scan", lengths: Tensor | None = None
+        self,
+        x: Tensor,
+        state: Tensor | None = None,
+        mode: str = "scan",
+        lengths: Tensor | None = None,
+        residual_scale: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """(y, final state, gain_bound()) from one computation of the parametrization."""
         system, bound = self.system_and_gain_bound()
-        return (*self._run(x, state, mode, lengths, system), bound)
+        return (*self._run(x, state, mode, lengths, system, residual_scale), bound)
 
     def _run(
-        self, x: Tensor, state: Tensor | None, mode: str, lengths: Tensor | None, system: tuple[Tensor, ...]
+        self,
+        x: Tensor,
+        state: Tensor | None,
+        mode: str,
+        lengths: Tensor | None,
+        system: tuple[Tensor, ...],
+        residual_scale: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         check_input(x, self.d_model)
         check_mode(mode, self.modes, type(self).__name__)
@@ -127,12 +148,26 @@ class DiagonalLTICore(nn.Module):
             states = diagonal_recurrence_conv(eigenvalues, drive, state)
         else:
             states = linear_recurrence(eigenvalues, drive, state, mode=mode)
-        readout = states
-        if self.readout_from_previous_state:
-            first = self.default_state(x.shape[0], x.device) if state is None else state
-            readout = torch.cat([first.unsqueeze(1), states[:, :-1]], dim=1)
-        y = real_readout(readout, C) + self._direct(D, x)
-        return y, state_at_lengths(states, lengths)
+        return self._readout(x, states, state, C, D, residual_scale), state_at_lengths(states, lengths)
+
+    def _readout(
+        self, x: Tensor, states: Tensor, h0: Tensor | None, C: Tensor, D: Tensor, residual_scale: Tensor | None
+    ) -> Tensor:
+        """y_t = Re(C r_t) + D x_t, or x_t + s y_t for residual_scale s, as two products and no other
+        full-size pass: s goes into C and D (I + s D, or 1 + s D when diagonal), the readout GEMM adds
+        onto the direct term (addmm), and the previous-state readout (r_t = h_{t-1}) adds Re(C h_t) to
+        step t + 1 in place instead of copying the states shifted by one step."""
+        if residual_scale is not None:
+            C = C * residual_scale
+            identity = torch.ones_like(D) if D.dim() == 1 else torch.eye(D.shape[0], dtype=D.dtype, device=D.device)
+            D = identity.addcmul(residual_scale, D)
+        direct = self._direct(D, x)
+        if not self.readout_from_previous_state:
+            return real_readout(states, C, skip=direct)
+        direct[:, 1:] += real_readout(states, C)[:, :-1]
+        if h0 is not None:
+            direct[:, 0] += real_readout(h0, C)
+        return direct
 
     def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """One step: x_t: (B, H), state: (B, N) -> (y_t: (B, H), next state)."""

@@ -274,14 +274,26 @@ class TV(nn.Module):
         return torch.zeros(batch, self.d_state, dtype=self.W_in.dtype, device=device or self.W_in.device)
 
     def forward(
-        self, x: Tensor, state: Tensor | None = None, mode: str = "scan", lengths: Tensor | None = None
+        self,
+        x: Tensor,
+        state: Tensor | None = None,
+        mode: str = "scan",
+        lengths: Tensor | None = None,
+        residual_scale: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """x: (B, L, d_model), state: (B, d_state) or None -> (y: (B, L, d_model), final state)."""
-        y, state, _ = self.forward_and_gain_bound(x, state, mode, lengths)
+        """x: (B, L, d_model), state: (B, d_state) or None -> (y: (B, L, d_model), final state).
+        residual_scale s (a scalar tensor): y = x + s W_out yhat instead, s folded into W_out and the
+        skip added inside the output product."""
+        y, state, _ = self.forward_and_gain_bound(x, state, mode, lengths, residual_scale)
         return y, state
 
     def forward_and_gain_bound(
-        self, x: Tensor, state: Tensor | None = None, mode: str = "scan", lengths: Tensor | None = None
+        self,
+        x: Tensor,
+        state: Tensor | None = None,
+        mode: str = "scan",
+        lengths: Tensor | None = None,
+        residual_scale: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """(y, final state, gain_bound()): the bound comes with the projections' normalisation."""
         check_input(x, self.d_model)
@@ -296,7 +308,12 @@ class TV(nn.Module):
             readout, states = tv_recurrence_ref(*recurrence_inputs)
         else:
             readout, states = tv_recurrence(*recurrence_inputs, mode=mode)
-        return readout @ W_out.transpose(0, 1), state_at_lengths(states, lengths), torch.exp(self.log_gamma) * norm
+        if residual_scale is None:
+            y = readout @ W_out.transpose(0, 1)
+        else:
+            y = torch.addmm(x.flatten(0, -2), readout.flatten(0, -2), (residual_scale * W_out).transpose(0, 1))
+            y = y.view_as(x)
+        return y, state_at_lengths(states, lengths), torch.exp(self.log_gamma) * norm
 
     def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """One step: x_t: (B, d_model), state: (B, d_state) -> (y_t: (B, d_model), next state)."""

@@ -70,12 +70,13 @@ class SSL(nn.Module):
     def _core_residual(
         self, x: Tensor, state: Tensor | None, mode: str, lengths: Tensor | None, with_bound: bool
     ) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(x + alpha Core(x), final state, the core's gain bound when ``with_bound``)."""
+        """(x + alpha Core(x), final state, the core's gain bound when ``with_bound``): the core folds
+        alpha and the skip into its output products (``residual_scale``), no extra full-size pass."""
+        alpha = torch.sigmoid(self.core_mix_logit)
+        options = {"state": state, "mode": mode, "lengths": lengths, "residual_scale": alpha}
         if with_bound:
-            z, state, gain = self.core.forward_and_gain_bound(x, state=state, mode=mode, lengths=lengths)
-        else:
-            (z, state), gain = self.core(x, state=state, mode=mode, lengths=lengths), None
-        return torch.addcmul(x, torch.sigmoid(self.core_mix_logit), z), state, gain  # x + alpha z, one pass
+            return self.core.forward_and_gain_bound(x, **options)
+        return *self.core(x, **options), None
 
     def _feedforward_residual(self, x: Tensor, with_bound: bool) -> tuple[Tensor, Tensor | None]:
         """(x + beta FF(x), the static layer's Lipschitz bound when ``with_bound``)."""
