@@ -65,8 +65,8 @@ def _moduli(raw: Tensor) -> tuple[Tensor, Tensor]:
     (``normalize_2x2``'s tiny term inside): ||M||_2 = (p + q) / 2."""
     a, b, c = raw.unbind(0)
     a_squared = (a * a).add_(torch.finfo(raw.dtype).tiny ** 0.5)
-    difference, total = b - c, b + c
-    return torch.addcmul(a_squared, difference, difference).sqrt_(), a_squared.addcmul_(total, total).sqrt_()
+    difference, total = b - c, b + c  # each becomes its modulus in place: on CPU a fresh buffer costs more than a pass
+    return difference.square_().add_(a_squared).sqrt_(), total.square_().add_(a_squared).sqrt_()
 
 
 def _inverse_scale(p: Tensor, q: Tensor) -> Tensor:
@@ -77,44 +77,56 @@ def _inverse_scale(p: Tensor, q: Tensor) -> Tensor:
 def _raw_step_matrices(selected: Tensor, delta_bias: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor]:
     """(raw = (a, b, c) before normalisation: (3, ..., N), the softplus input delta + delta_bias)."""
     shifted = selected[0] + delta_bias
-    raw = torch.empty_like(selected)
+    raw = torch.empty(selected.shape, dtype=selected.dtype, device=selected.device)  # contiguous planes
     rate = nn.functional.softplus(shifted).mul_(-nn.functional.softplus(alpha))
     torch.exp(rate, out=raw[0])
-    torch.sigmoid(selected[1:] * 2, out=raw[1:])
-    raw[1:].mul_(2).sub_(1)  # tanh(x) = 2 sigmoid(2x) - 1
+    torch.mul(selected[1:], 2, out=raw[1:]).sigmoid_().mul_(2).sub_(1)  # tanh(x) = 2 sigmoid(2x) - 1, in place
     return raw, shifted
 
 
 def _step_matrices_backward(
-    raw: Tensor, shifted: Tensor, alpha: Tensor, grad: Tensor, overwrite: bool = False
+    raw: Tensor,
+    shifted: Tensor,
+    alpha: Tensor,
+    grad: Tensor,
+    overwrite: bool = False,
+    norm_terms: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dL/dselected, dL/ddelta_bias, dL/dalpha) from dL/d(a, b, c) after normalisation; ``overwrite``: the
-    caller's ``grad`` becomes dL/dselected (no second (3, ..., N) buffer).
+    caller's ``grad`` becomes dL/dselected (no second (3, ..., N) buffer). ``norm_terms``: (p, q, 1 / s)
+    when the caller has them already (they are consumed: overwritten in place), else computed here.
 
     With d = 0 the norm's moduli are p = |a + i(b - c)| and q = |a + i(b + c)| (``_moduli``),
     s = max(1, (p + q) / 2)(1 + 4 eps), o_k = k / s, so dL/dk = g_k / s + dL/ds ds/dk with
     dL/ds = -sum_k g_k k / s^2, ds/d(p, q) = (1 + 4 eps) / 2 where (p + q) / 2 >= 1 (else 0),
     dp = (a da + (b - c)(db - dc)) / p, dq = (a da + (b + c)(db + dc)) / q; then tanh' = 1 - tanh^2,
-    d exp(-r) = -exp(-r) dr, softplus' = sigmoid. p and q are recomputed here rather than kept."""
+    d exp(-r) = -exp(-r) dr, softplus' = sigmoid. p and q are recomputed rather than kept from the forward."""
     eps = torch.finfo(raw.dtype).eps
     a, b, c = raw.unbind(0)
-    p, q = _moduli(raw)
-    inverse_scale = _inverse_scale(p, q)
+    if norm_terms is None:
+        p, q = _moduli(raw)
+        norm_terms = (p, q, _inverse_scale(p, q))
+    p, q, inverse_scale = norm_terms
+    # in place wherever a buffer is free: on CPU a fresh (B, L, N) buffer costs more than the pass that fills it
     dot = (grad[0] * a).addcmul_(grad[1], b).addcmul_(grad[2], c)
     grad_raw = grad.mul_(inverse_scale) if overwrite else grad * inverse_scale  # g_k / s, then the terms through s
     active = torch.add(p, q).ge_(2.0)  # 1 where max(1, .) passes the norm through, else 0
     grad_half = dot.mul_(inverse_scale.square_()).mul_(active).mul_(-(0.5 + 2 * eps))
-    weight_p = p.reciprocal_().mul_(grad_half)
-    weight_q = q.reciprocal_().mul_(grad_half)
-    grad_raw[0].addcmul_(weight_p + weight_q, a)
-    difference, total = weight_p.mul_(b - c), weight_q.mul_(b + c)  # dL/d(b - c), dL/d(b + c) via p, q
-    grad_raw[1].add_(total).add_(difference)
-    grad_raw[2].add_(total).sub_(difference)
-    grad_raw[1:].mul_(raw[1:].square().neg_().add_(1))  # tanh' = 1 - tanh^2
+    weight_p = p.reciprocal_().mul_(grad_half)  # dL/dp
+    weight_q = q.reciprocal_().mul_(grad_half)  # dL/dq
+    # dL/da += (w_p + w_q) a, dL/db += w_p (b - c) + w_q (b + c) = (w_p + w_q) b + (w_q - w_p) c, dL/dc likewise
+    both = weight_p.add_(weight_q)
+    opposite = weight_q.mul_(2).sub_(both)  # w_q - w_p
+    grad_raw[0].addcmul_(both, a)
+    grad_raw[1].addcmul_(both, b).addcmul_(opposite, c)
+    grad_raw[2].addcmul_(opposite, b).addcmul_(both, c)
+    for k, derivative in ((1, both), (2, opposite)):  # tanh' = 1 - tanh^2, in the buffers now free
+        grad_raw[k].mul_(torch.mul(raw[k], raw[k], out=derivative).neg_().add_(1))
     grad_rate = grad_raw[0].mul_(a)  # dL/d(-r), as d exp(-r) = exp(-r) d(-r)
+    softplus_shifted = nn.functional.softplus(shifted)
+    grad_alpha = -softplus_shifted.mul_(grad_rate).flatten(0, -2).sum(0) * torch.sigmoid(alpha)
     softplus_alpha = nn.functional.softplus(alpha)
-    grad_alpha = -(grad_rate * nn.functional.softplus(shifted)).flatten(0, -2).sum(0) * torch.sigmoid(alpha)
-    grad_shifted = grad_rate.mul_(torch.sigmoid(shifted)).mul_(-softplus_alpha)  # in grad_raw[0]
+    grad_shifted = grad_rate.mul_(torch.sigmoid(shifted, out=softplus_shifted)).mul_(-softplus_alpha)  # in grad_raw[0]
     return grad_raw, grad_shifted.flatten(0, -2).sum(0), grad_alpha
 
 
@@ -168,9 +180,10 @@ class _TVRecurrence(torch.autograd.Function):
             a, drive, c = tv_steps(selected, drive_input, delta_bias, alpha)
             kept = (selected,)
         else:
-            raw, shifted = _raw_step_matrices(selected.contiguous(), delta_bias, alpha)
+            raw, shifted = _raw_step_matrices(selected, delta_bias, alpha)
             inverse_scale = _inverse_scale(*_moduli(raw))
-            a, drive, c = raw[0] * inverse_scale, raw[1] * inverse_scale * drive_input, raw[2] * inverse_scale
+            a, c = raw[0] * inverse_scale, raw[2] * inverse_scale
+            drive = torch.mul(raw[1], inverse_scale).mul_(drive_input)
             kept = (raw, shifted)
         states = linear_recurrence(a, drive, h0, mode=mode)
         del a, drive
@@ -191,12 +204,18 @@ class _TVRecurrence(torch.autograd.Function):
             a, _, c = tv_steps(selected, drive_input, delta_bias, alpha, with_drive=False)
         else:
             raw, shifted = kept
-            inverse_scale = _inverse_scale(*_moduli(raw))
+            p, q = _moduli(raw)  # with 1 / s, made once for this backward and the step matrices' one
+            inverse_scale = _inverse_scale(p, q)
             a, c = raw[0] * inverse_scale, raw[2] * inverse_scale
         grad_abc = None if ctx.fused else torch.empty_like(raw)  # the torch passes' (3, B, L, N) gradient
         grad_c = _shifted_product(grad_output, states, h0, out=None if ctx.fused else grad_abc[2])  # dz_t h_{t-1}
-        grad_states = torch.zeros_like(states) if grad_states is None else grad_states.clone()
-        grad_states[:, :-1].addcmul_(grad_output[:, 1:], c[:, 1:])
+        incoming, grad_states = grad_states, torch.empty_like(states)  # dh_t + dz_{t+1} c_{t+1}, dh_L-1
+        if incoming is None:
+            torch.mul(grad_output[:, 1:], c[:, 1:], out=grad_states[:, :-1])
+            grad_states[:, -1] = 0
+        else:
+            torch.addcmul(incoming[:, :-1], grad_output[:, 1:], c[:, 1:], out=grad_states[:, :-1])
+            grad_states[:, -1] = incoming[:, -1]
         grad_h0_readout = None if h0 is None else grad_output[:, 0] * c[:, 0]
         del c
         grad_a, grad_drive, grad_h0 = linear_recurrence_adjoint(a, states, h0, grad_states, mode=ctx.mode)
@@ -212,9 +231,8 @@ class _TVRecurrence(torch.autograd.Function):
             del grad_a
             torch.mul(grad_drive, drive_input, out=grad_abc[1])
             grad_drive_input = grad_drive.mul_(raw[1]).mul_(inverse_scale)  # d(b u) b, b = raw_b / s
-            del inverse_scale
             grad_selected, grad_delta_bias, grad_alpha = _step_matrices_backward(
-                raw, shifted, alpha, grad_abc, overwrite=True
+                raw, shifted, alpha, grad_abc, overwrite=True, norm_terms=(p, q, inverse_scale)
             )
         return grad_selected, grad_drive_input, grad_h0, grad_delta_bias, grad_alpha, None
 
