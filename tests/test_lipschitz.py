@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from ssm_lab.layers.glu import GLU
-from ssm_lab.layers.lipschitz import LGLU, LMLP, TLIP, LinearFF, group_sort_2
+from ssm_lab.layers.lipschitz import LGLU, LMLP, TLIP, LinearFF, gated_tanh, gated_tanh_ref, group_sort_2
 from ssm_lab.layers.mlp import MLP
 
 D_MODEL = 6
@@ -115,3 +115,21 @@ def test_linear_feedforward_is_linear_and_its_bound_is_tight():
     exact = float(torch.linalg.matrix_norm(weight.double(), ord=2))
     bound = float(layer.lipschitz_bound())
     assert 0.99 * bound <= exact <= bound * (1 + 1e-6)  # a linear map's Lipschitz constant is its norm
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gated_tanh_node_equals_its_autograd_twin(dtype):
+    """LGLU's activation as one autograd node: values and the gradients of the projection and the
+    scale equal those of scale * tanh(v) * sigmoid(g) by autograd, and gradcheck passes in float64."""
+    torch.manual_seed(0)
+    projected = (3 * torch.randn(4, 9, 2 * D_MODEL, dtype=dtype)).requires_grad_(True)
+    scale = torch.tensor(0.7, dtype=dtype, requires_grad=True)
+    weights = torch.randn(4, 9, D_MODEL, dtype=dtype)
+    y, y_ref = gated_tanh(projected, scale), gated_tanh_ref(projected, scale)
+    tolerance = {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-12, "rtol": 1e-12}
+    torch.testing.assert_close(y, y_ref, **tolerance)
+    got = torch.autograd.grad((weights * y).sum(), [projected, scale])
+    want = torch.autograd.grad((weights * y_ref).sum(), [projected, scale])
+    torch.testing.assert_close(got, want, **tolerance)
+    if dtype == torch.float64:
+        assert torch.autograd.gradcheck(gated_tanh, (projected[:2, :3], scale))
