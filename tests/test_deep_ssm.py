@@ -179,6 +179,18 @@ def test_checkpointing_changes_memory_not_results(gamma):
     assert saved[True] < saved[False] / 3  # the blocks' activations are recomputed, not kept
 
 
+@pytest.mark.parametrize("param", ["lru", "l2n", "tv", "l2ru"])
+def test_residual_stream_stays_float32_under_autocast(param):
+    """Under bf16 autocast the cores' products run in bf16; the skip x + alpha Core(x) must still be
+    added in float32 (not folded into a bf16 product), so every block hands on a float32 stream."""
+    model = make(param)
+    x = model.encoder(torch.randn(2, 9, 3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for block in model.blocks:
+            x, _, _ = block(x, None, "scan", None)
+            assert x.dtype == torch.float32
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("param", ["lru", "l2n", "tv", "l2ru"])
 @pytest.mark.parametrize("checkpoint", [False, True])

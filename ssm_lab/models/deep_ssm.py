@@ -71,12 +71,16 @@ class SSL(nn.Module):
         self, x: Tensor, state: Tensor | None, mode: str, lengths: Tensor | None, with_bound: bool
     ) -> tuple[Tensor, Tensor, Tensor | None]:
         """(x + alpha Core(x), final state, the core's gain bound when ``with_bound``): the core folds
-        alpha and the skip into its output products (``residual_scale``), no extra full-size pass."""
+        alpha and the skip into its output products (``residual_scale``), no extra full-size pass; not
+        under autocast, where those products run in half precision and would round the residual stream."""
         alpha = torch.sigmoid(self.core_mix_logit)
-        options = {"state": state, "mode": mode, "lengths": lengths, "residual_scale": alpha}
+        fold = not torch.is_autocast_enabled(x.device.type)
+        options = {"state": state, "mode": mode, "lengths": lengths, "residual_scale": alpha if fold else None}
         if with_bound:
-            return self.core.forward_and_gain_bound(x, **options)
-        return *self.core(x, **options), None
+            z, state, gain = self.core.forward_and_gain_bound(x, **options)
+        else:
+            (z, state), gain = self.core(x, **options), None
+        return (z if fold else torch.addcmul(x, alpha, z)), state, gain
 
     def _feedforward_residual(self, x: Tensor, with_bound: bool) -> tuple[Tensor, Tensor | None]:
         """(x + beta FF(x), the static layer's Lipschitz bound when ``with_bound``)."""
