@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
 from ssm_lab.cores.l2n import check_gamma
-from ssm_lab.ops.activations import tanh_via_sigmoid
+from ssm_lab.ops.activations import fast_tanh
 from ssm_lab.ops.scan import linear_recurrence, linear_recurrence_adjoint
 from ssm_lab.ops.spectral import normalize_to_contraction
 from ssm_lab.optim import mark_recurrence
@@ -81,7 +81,7 @@ def _raw_step_matrices(selected: Tensor, delta_bias: Tensor, alpha: Tensor) -> t
     raw = torch.empty(selected.shape, dtype=selected.dtype, device=selected.device)  # contiguous planes
     rate = nn.functional.softplus(shifted).mul_(-nn.functional.softplus(alpha))
     torch.exp(rate, out=raw[0])
-    tanh_via_sigmoid(selected[1:], out=raw[1:])
+    fast_tanh(selected[1:], out=raw[1:])
     return raw, shifted
 
 

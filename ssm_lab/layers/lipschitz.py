@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ssm_lab.ops.activations import tanh_via_sigmoid
+from ssm_lab.ops.activations import fast_tanh
 from ssm_lab.ops.spectral import normalize_to_contraction
 
 # d/da [tanh(a) sigmoid(b)] is in [0, 1] and d/db in [-1/4, 1/4]: see LGLU
@@ -143,12 +143,12 @@ class _GatedTanh(torch.autograd.Function):
     """Forward keeps t = tanh(v) and s = sigmoid(g); backward, with dy the incoming gradient:
     dL/dscale = sum(dy t s), dL/dg = scale (dy t s)(1 - s), dL/dv = scale dy s (1 - t^2), written into
     the two halves of one (..., 2d) buffer (no concatenation). About half the fresh buffers of the
-    autograd graph of ``gated_tanh_ref``, and tanh by ``tanh_via_sigmoid``."""
+    autograd graph of ``gated_tanh_ref``, and tanh by ``fast_tanh``."""
 
     @staticmethod
     def forward(ctx, projected: Tensor, scale: Tensor) -> Tensor:
         value, gate = projected.chunk(2, dim=-1)
-        tanh_value = tanh_via_sigmoid(value)
+        tanh_value = fast_tanh(value)
         sigmoid_gate = torch.sigmoid(gate)
         ctx.save_for_backward(tanh_value, sigmoid_gate, scale)
         return torch.mul(tanh_value, sigmoid_gate).mul_(scale)
