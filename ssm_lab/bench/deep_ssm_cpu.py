@@ -6,7 +6,8 @@ Two settings: uncertified (gamma=None, ff=GLU in both libraries) for lru, l2n, t
 (gamma=1, ours ff=LGLU, neural-ssm's default LGLU2) for l2n and tv (neural-ssm cannot certify lru).
 Modes: scan and loop in both libraries; ours also conv (LTI cores) and chunked (the chunked scan of
 ssm_lab.ops.selective_scan). Median of ``--repeat`` timed calls after one warm-up call (one timed
-call for loop mode, which is slow), the two libraries timed in alternation. Results are appended
+call for loop mode, which is slow), the two libraries timed in alternation, each with the median page
+faults its calls took (``<library>_page_faults``: what moves a CPU time most from run to run here). Results are appended
 to benchmarks/results/<UTC date>-cpu.jsonl. CPU timings are noisy when other processes share the cores.
 
     python -m ssm_lab.bench.deep_ssm_cpu [--length 1024] [--repeat 3] [--modes scan loop conv chunked]
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -37,18 +39,23 @@ SETTINGS = [  # (param, gamma, our ff, neural-ssm's ff)
 NEURAL_SSM_MODES = ("scan", "loop")
 
 
-def paired_median_ms(steps: dict[str, Callable[[], None]], repeat: int) -> dict[str, float]:
-    """Median ms of each step, timed in alternation (one call of each per round, after a warm-up
-    round) so that both libraries see the same background load; a noisy CPU shifts both alike."""
+def paired_median_ms(steps: dict[str, Callable[[], None]], repeat: int) -> dict[str, tuple[float, float]]:
+    """(median ms, median page faults) of each step, timed in alternation (one call of each per round,
+    after a warm-up round) so that both libraries see the same background load. The page faults (minor
+    faults of this process during the call) say how much of a time is the kernel handing memory back
+    that the allocator had returned: on this CPU a step's time moves with them by up to ~60%."""
     for step in steps.values():
         step()
     times: dict[str, list[float]] = {name: [] for name in steps}
+    faults: dict[str, list[int]] = {name: [] for name in steps}
     for _ in range(repeat):
         for name, step in steps.items():
+            faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = time.perf_counter()
             step()
             times[name].append(1000 * (time.perf_counter() - start))
-    return {name: statistics.median(values) for name, values in times.items()}
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
+    return {name: (statistics.median(times[name]), statistics.median(faults[name])) for name in steps}
 
 
 def fwd_bwd(model: torch.nn.Module, u: torch.Tensor, mode: str) -> Callable[[], None]:
@@ -102,7 +109,8 @@ def main() -> None:
             if "ssm_lab" not in steps:
                 continue
             timings = paired_median_ms(steps, 1 if mode == "loop" else args.repeat)
-            row.update({f"{library}_ms": ms for library, ms in timings.items()})
+            for library, (ms, faults) in timings.items():
+                row.update({f"{library}_ms": ms, f"{library}_page_faults": faults})
             if "neural_ssm_ms" in row:
                 row["speedup"] = row["neural_ssm_ms"] / row["ssm_lab_ms"]
             print(json.dumps(row), flush=True)
