@@ -7,8 +7,9 @@ Two settings: uncertified (gamma=None, ff=GLU in both libraries) for lru, l2n, t
 Modes: scan and loop in both libraries; ours also conv (LTI cores) and chunked (the chunked scan of
 ssm_lab.ops.selective_scan). Median of ``--repeat`` timed calls after one warm-up call (one timed
 call for loop mode, which is slow), the two libraries timed in alternation, each with the median page
-faults its calls took (``<library>_page_faults``: what moves a CPU time most from run to run here). Results are appended
-to benchmarks/results/<UTC date>-cpu.jsonl. CPU timings are noisy when other processes share the cores.
+faults its calls took (``<library>_page_faults``: what moves a CPU time most from run to run here).
+Results are appended to benchmarks/results/<UTC date>-cpu.jsonl. CPU timings are noisy when other
+processes share the cores.
 
     python -m ssm_lab.bench.deep_ssm_cpu [--length 1024] [--repeat 3] [--modes scan loop conv chunked]
 """
