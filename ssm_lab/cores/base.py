@@ -1,4 +1,5 @@
-"""Shared checks of the core contract: input shapes, modes and final states of padded batches."""
+"""Shared pieces of the core contract: input and mode checks, final states of padded batches, and the
+residual skip folded into a readout."""
 
 from __future__ import annotations
 
@@ -32,3 +33,10 @@ def state_at_lengths(states: Tensor, lengths: Tensor | None) -> Tensor:
         )
     index = (lengths - 1).view(-1, *([1] * (states.dim() - 1))).expand(-1, 1, *states.shape[2:])
     return torch.gather(states, 1, index).squeeze(1)
+
+
+def fold_residual(C: Tensor, D: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+    """(s C, I + s D) (1 + s D for a diagonal D given as a vector): the readout y = C r + D x turned into
+    x + s y, for a core asked for ``residual_scale`` s."""
+    identity = torch.ones_like(D) if D.dim() == 1 else torch.eye(D.shape[0], dtype=D.dtype, device=D.device)
+    return scale * C, identity.addcmul(scale, D)

@@ -25,7 +25,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
+from ssm_lab.cores.base import check_input, check_mode, fold_residual, state_at_lengths
 from ssm_lab.cores.l2n import check_gamma
 from ssm_lab.ops.spectral import normalize_to_contraction
 from ssm_lab.optim import mark_recurrence
@@ -141,8 +141,7 @@ class L2RU(nn.Module):
         first = self.default_state(x.shape[0], x.device) if state is None else state
         previous = torch.cat([first.unsqueeze(1), states[:, :-1]], dim=1)
         if residual_scale is not None:
-            C = residual_scale * C
-            D = torch.eye(D.shape[0], dtype=D.dtype, device=D.device).addcmul(residual_scale, D)
+            C, D = fold_residual(C, D, residual_scale)
         y = previous @ C.transpose(0, 1) + x @ D.transpose(0, 1)
         return y, state_at_lengths(states, lengths)
 

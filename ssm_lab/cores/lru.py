@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
+from ssm_lab.cores.base import check_input, check_mode, fold_residual, state_at_lengths
 from ssm_lab.ops.fft_conv import causal_conv
 from ssm_lab.ops.scan import linear_recurrence
 from ssm_lab.ops.spectral import spectral_norm_bound
@@ -158,9 +158,7 @@ class DiagonalLTICore(nn.Module):
         onto the direct term (addmm), and the previous-state readout (r_t = h_{t-1}) adds Re(C h_t) to
         step t + 1 in place instead of copying the states shifted by one step."""
         if residual_scale is not None:
-            C = C * residual_scale
-            identity = torch.ones_like(D) if D.dim() == 1 else torch.eye(D.shape[0], dtype=D.dtype, device=D.device)
-            D = identity.addcmul(residual_scale, D)
+            C, D = fold_residual(C, D, residual_scale)
         direct = self._direct(D, x)
         if not self.readout_from_previous_state:
             return real_readout(states, C, skip=direct)
