@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from ssm_lab.cores.lcde import LinearCDE, dormand_prince_affine
+from ssm_lab.ops import matrix_scan
 from ssm_lab.ops.matrix_scan import (
+    AUTO_EXP_BATCH,
+    affine_exp,
     batched_affine_exp,
     chunked_matrix_recurrence,
     matrix_recurrence,
@@ -129,8 +132,25 @@ def test_affine_exp_is_the_augmented_matrix_exp_values_and_gradients(scale, dtyp
         assert torch.allclose(ours_grad, reference_grad, **tolerance)
 
 
+def test_auto_exp_batch_splits_by_device_and_gives_the_same_values(monkeypatch):
+    """On CPU "auto" calls affine_exp on at most AUTO_EXP_BATCH["cpu"] matrices: 600 matrices -> 256 + 256 + 88."""
+    generator = torch.Generator().manual_seed(4)
+    M = 0.3 * torch.randn(3, 200, 4, 4, generator=generator)
+    v = torch.randn(3, 200, 4, generator=generator)
+    sizes = []
+    monkeypatch.setattr(matrix_scan, "affine_exp", lambda M, v: sizes.append(M.shape[0]) or affine_exp(M, v))
+    exponential, offset = batched_affine_exp(M, v)
+    assert sizes == [256, 256, 88] and AUTO_EXP_BATCH["cpu"] == 256
+    whole = affine_exp(M, v)
+    torch.testing.assert_close(exponential, whole[0])
+    torch.testing.assert_close(offset, whole[1])
+    sizes.clear()
+    LinearCDE(3, d_state=4)(torch.randn(2, 300, 3))  # the core's default is "auto" too: 600 maps
+    assert sizes == [256, 256, 88]
+
+
 def test_affine_exp_rejects_bad_batches():
-    with pytest.raises(ValueError, match="max_batch must be a positive integer or None, got 0"):
+    with pytest.raises(ValueError, match="max_batch must be a positive integer, 'auto' or None, got 0"):
         batched_affine_exp(torch.zeros(2, 3, 3), torch.zeros(2, 3), max_batch=0)
 
 
@@ -167,7 +187,7 @@ def test_chunked_matrix_recurrence_equals_the_scan_and_rejects_bad_windows():
     torch.testing.assert_close(states, matrix_recurrence_ref(M, v, h0))
     with pytest.raises(ValueError, match="chunk_length must be a positive integer or None, got 0"):
         chunked_matrix_recurrence(lambda a, b: (M[:, a:b], v[:, a:b]), 9, h0, 0)
-    with pytest.raises(ValueError, match="max_exp_batch must be a positive integer or None, got -1"):
+    with pytest.raises(ValueError, match="max_exp_batch must be a positive integer, 'auto' or None, got -1"):
         LinearCDE(3, max_exp_batch=-1)
 
 

@@ -58,10 +58,16 @@ class IDS4(nn.Module):
         self.D = nn.Parameter(torch.randn(d_model))
 
     def _discretisation_terms(self, x: Tensor, timesteps: Tensor | None) -> tuple[Tensor, Tensor]:
-        """(dt/2 A(x_t): (..., N, N), dt B x_t: (..., N)), what the bilinear maps are made of."""
-        A = self.A_0 + torch.einsum("...j,jnm->...nm", x, self.A_input)
-        dt = torch.exp(self.log_dt).expand(x.shape[:-1]) if timesteps is None else timesteps * torch.exp(self.log_dt)
-        return (dt / 2)[..., None, None] * A, dt.unsqueeze(-1) * (x @ self.B.T)
+        """(dt/2 A(x_t): (..., N, N), dt B x_t: (..., N)), what the bilinear maps are made of.
+
+        dt_t/2 A(x_t) = sum_i e_t,i W_i with e_t = tau_t (1, x_t) and W = dt/2 (A_0, A_1, ..., A_H): one product
+        of the (1 + H)-channel increments with the scaled weights, no pass over the (..., N, N) result."""
+        time = torch.ones_like(x[..., :1]) if timesteps is None else timesteps.unsqueeze(-1).to(x.dtype)
+        increments = torch.cat([time, time * x], dim=-1)
+        dt = torch.exp(self.log_dt)
+        weights = torch.cat([self.A_0.unsqueeze(0), self.A_input]).flatten(1) * (dt / 2)
+        half_step_A = (increments @ weights).unflatten(-1, (self.d_state, self.d_state))
+        return half_step_A, (dt * time) * (x @ self.B.T)
 
     def transitions(self, x: Tensor, timesteps: Tensor | None) -> tuple[Tensor, Tensor]:
         """(Abar_t: (..., N, N), Bbar_t x_t: (..., N)) for x: (..., d_model)."""

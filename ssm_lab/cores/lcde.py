@@ -92,11 +92,12 @@ class LinearCDE(nn.Module):
         init_std: float = 1.0,
         rtol: float = 1e-6,
         atol: float = 1e-8,
-        max_exp_batch: int | None = 8192,
+        max_exp_batch: int | str | None = "auto",
         chunk_length: int | None = None,
         recompute: bool = False,
     ) -> None:
-        """``max_exp_batch``: most matrices per ``affine_exp`` call (None: one call); ``chunk_length``: steps per
+        """``max_exp_batch``: most matrices per ``affine_exp`` call (None: one call; "auto": by device, see
+        ``ssm_lab.ops.matrix_scan.AUTO_EXP_BATCH``); ``chunk_length``: steps per
         scan window (None: the whole sequence); ``recompute``: rebuild each window's maps in backward."""
         super().__init__()
         if solver not in SOLVERS:
@@ -104,9 +105,12 @@ class LinearCDE(nn.Module):
         check_positive(d_state=d_state)
         if init_std <= 0 or rtol <= 0 or atol <= 0:
             raise ValueError(f"init_std, rtol and atol must be positive, got {init_std}, {rtol}, {atol}")
-        for name, value in (("max_exp_batch", max_exp_batch), ("chunk_length", chunk_length)):
-            if value is not None and (not isinstance(value, int) or value <= 0):
-                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        if max_exp_batch != "auto" and max_exp_batch is not None and (
+            not isinstance(max_exp_batch, int) or max_exp_batch <= 0
+        ):
+            raise ValueError(f"max_exp_batch must be a positive integer, 'auto' or None, got {max_exp_batch!r}")
+        if chunk_length is not None and (not isinstance(chunk_length, int) or chunk_length <= 0):
+            raise ValueError(f"chunk_length must be a positive integer or None, got {chunk_length!r}")
         self.d_model, self.d_state, self.solver, self.rtol, self.atol = d_model, d_state, solver, rtol, atol
         self.max_exp_batch, self.chunk_length, self.recompute = max_exp_batch, chunk_length, recompute
         channels = d_model + 1  # the time channel first
