@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -92,13 +94,13 @@ def test_kernel_final_state_continues_the_sequence() -> None:
 @pytest.mark.gpu
 def test_scan_mode_uses_the_kernel_on_cuda_and_other_modes_do_not(monkeypatch) -> None:
     calls = []
-    kernel = scan_module.linear_scan
+    kernel = scan_module.triton_scan.linear_scan
 
     def recording_kernel(*args):
         calls.append(True)
         return kernel(*args)
 
-    monkeypatch.setattr(scan_module, "linear_scan", recording_kernel)
+    monkeypatch.setattr(scan_module.triton_scan, "linear_scan", recording_kernel)
     a = _decays((16,), torch.float32, "cuda")
     b = torch.randn(2, 50, 16, device="cuda")
     linear_recurrence(a, b, mode="scan")
@@ -113,18 +115,20 @@ def test_scan_mode_uses_the_kernel_on_cuda_and_other_modes_do_not(monkeypatch) -
     assert len(calls) == 1
 
 
-def test_cpu_dispatch_runs_the_chunked_scan(monkeypatch) -> None:
+def test_cpu_dispatch_never_runs_the_triton_kernel(monkeypatch) -> None:
     def kernel_must_not_run(*args):
         raise AssertionError("the Triton kernel ran on CPU tensors")
 
-    monkeypatch.setattr(scan_module, "linear_scan", kernel_must_not_run)
+    triton_stand_in = SimpleNamespace(linear_scan=kernel_must_not_run, SUPPORTED_DTYPES=(torch.complex64,))
+    monkeypatch.setattr(scan_module, "triton_scan", triton_stand_in)
     torch.manual_seed(0)
     a = _decays((2, 9, 4), torch.complex64, "cpu")
     b = torch.randn(2, 9, 4, dtype=torch.complex64)
     h0 = torch.randn(2, 4, dtype=torch.complex64)
+    torch.testing.assert_close(linear_recurrence(a, b, h0, mode="scan"), linear_recurrence_ref(a, b, h0))
+    monkeypatch.setattr(scan_module, "cpu_scan", None)
     assert not kernel_applies(a, b, h0)
     assert torch.equal(linear_recurrence(a, b, h0, mode="scan"), linear_recurrence_chunked(a, b, h0))
-    assert torch.equal(linear_recurrence(a, b, h0, mode="loop"), linear_recurrence_ref(a, b, h0))
 
 
 def test_unknown_mode_names_the_allowed_ones() -> None:

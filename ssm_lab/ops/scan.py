@@ -4,25 +4,37 @@ chunked scan, a GPU kernel.
 All take the same arguments and return every state, so a core picks one by mode and the tests
 compare them (outputs and gradients). ``a`` is either constant over time (LTI cores, shape
 ``(N,)``, ``(1, 1, N)`` or ``(B, 1, N)``) or per step (``(B, L, N)``); real or complex.
-``linear_recurrence(..., mode="scan")`` runs the Triton kernel (``ssm_lab.ops.triton.linear_scan``)
-on CUDA tensors of a dtype it supports, the torch scan on other CUDA tensors (float64/complex128)
-and the chunked scan on CPU; ``mode="torch_scan"``, ``"chunked"`` and ``"loop"`` (the reference)
-force one on any device.
+``linear_recurrence(..., mode="scan")`` runs a kernel where one applies: the Triton kernel
+(``ssm_lab.ops.triton.linear_scan``) on CUDA tensors of a dtype it supports, the C kernel
+(``ssm_lab.ops.cpu.linear_scan``, compiled on first import) on CPU tensors; otherwise the torch scan on
+CUDA and the chunked scan on CPU. ``mode="torch_scan"``, ``"chunked"`` and ``"loop"`` (the reference)
+force one on any device. The C kernel is not built where no C compiler is found or where the environment
+sets ``SSM_LAB_CPU_KERNELS=0``; ``CPU_KERNEL_UNAVAILABLE`` then says why, and CPU tensors take the chunked scan.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
+from types import ModuleType
 
 import torch
 from torch import Tensor
 
 try:  # Triton ships with CUDA builds of torch; CPU installs run the torch paths only
-    from ssm_lab.ops.triton.linear_scan import SUPPORTED_DTYPES, linear_scan, linear_scan_adjoint
+    from ssm_lab.ops.triton import linear_scan as triton_scan
 except ImportError:
-    linear_scan = linear_scan_adjoint = None
-    SUPPORTED_DTYPES = ()
+    triton_scan = None
+
+CPU_KERNEL_UNAVAILABLE: str | None = None
+if os.environ.get("SSM_LAB_CPU_KERNELS", "1") == "0":
+    cpu_scan, CPU_KERNEL_UNAVAILABLE = None, "disabled by SSM_LAB_CPU_KERNELS=0"
+else:
+    try:
+        from ssm_lab.ops.cpu import linear_scan as cpu_scan
+    except ImportError as error:
+        cpu_scan, CPU_KERNEL_UNAVAILABLE = None, str(error)
 
 __all__ = [
     "MODES",
@@ -231,18 +243,26 @@ def _common_dtype(a: Tensor, b: Tensor, h0: Tensor | None) -> torch.dtype:
     return dtype if h0 is None else torch.promote_types(dtype, h0.dtype)
 
 
+def _kernel(b: Tensor) -> ModuleType | None:
+    """The kernel module for b's device (Triton on CUDA, C on CPU), or None where none was built."""
+    return triton_scan if b.is_cuda else cpu_scan if b.device.type == "cpu" else None
+
+
 def kernel_applies(a: Tensor, b: Tensor, h0: Tensor | None = None) -> bool:
-    """Whether ``mode="scan"`` runs the Triton kernel for these inputs (CUDA, Triton, a supported dtype)."""
-    return linear_scan is not None and a.is_cuda and b.is_cuda and _common_dtype(a, b, h0) in SUPPORTED_DTYPES
+    """Whether ``mode="scan"`` runs a kernel for these inputs: the device's kernel was built, every tensor is
+    on b's device and the common dtype is one it supports."""
+    kernel = _kernel(b)
+    on_device = a.device == b.device and (h0 is None or h0.device == b.device)
+    return kernel is not None and on_device and _common_dtype(a, b, h0) in kernel.SUPPORTED_DTYPES
 
 
 def _linear_recurrence_kernel(a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
-    """The Triton kernel on inputs cast to one dtype (casts are differentiable, so gradients keep theirs)."""
+    """The device's kernel on inputs cast to one dtype (casts are differentiable, so gradients keep theirs)."""
     a = _as_3d(a, b)
     if h0 is not None and h0.shape != (b.shape[0], b.shape[2]):
         raise ValueError(f"initial state must be (B, N) = {(b.shape[0], b.shape[2])}, got {tuple(h0.shape)}")
     dtype = _common_dtype(a, b, h0)
-    return linear_scan(a.to(dtype), b.to(dtype), None if h0 is None else h0.to(dtype))
+    return _kernel(b).linear_scan(a.to(dtype), b.to(dtype), None if h0 is None else h0.to(dtype))
 
 
 #: The paths a mode runs on; "scan" picks one by device and dtype (``_path``).
@@ -256,7 +276,7 @@ MODES = ("scan", "torch_scan", "chunked", "loop")
 
 
 def _path(mode: str, a: Tensor, b: Tensor, h0: Tensor | None) -> str:
-    """The path ``mode`` runs: "scan" is the Triton kernel where it applies, else the torch scan on CUDA
+    """The path ``mode`` runs: "scan" is the device's kernel where it applies, else the torch scan on CUDA
     (log L full-width passes beat T + C small launches on a GPU) and the chunked scan on CPU."""
     if mode not in MODES:
         raise ValueError(f"unknown recurrence mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -272,15 +292,16 @@ def linear_recurrence_adjoint(
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """(grad_a, grad_b, grad_h0) of ``states = linear_recurrence(a, b, h0, mode)`` from the states and
     dLoss/dstates, without an autograd graph: for a fused node that keeps the states itself. The
-    backward of the path ``mode`` runs (the Triton kernel's, the chunked scan's, or the path's forward
-    on time-reversed inputs); grad_a has a's broadcast shape (1 or B, 1 or L, N)."""
+    backward of the path ``mode`` runs (the kernel's, the chunked scan's, or the path's forward on
+    time-reversed inputs); grad_a has a's broadcast shape (1 or B, 1 or L, N)."""
     a = _as_3d(a, states)
     path = _path(mode, a, states, h0)
     with torch.no_grad():
         if path == "kernel":
             dtype = _common_dtype(a, states, h0)
             h0 = None if h0 is None else h0.to(dtype)
-            return linear_scan_adjoint(a.to(dtype).contiguous(), states.to(dtype), h0, grad_states)
+            adjoint = _kernel(states).linear_scan_adjoint
+            return adjoint(a.to(dtype).contiguous(), states.to(dtype), h0, grad_states)
         if path == "chunked":
             reverse = functools.partial(_chunked_states, chunk=CHUNK_SIZE, reverse=True)
         else:
@@ -289,6 +310,6 @@ def linear_recurrence_adjoint(
 
 
 def linear_recurrence(a: Tensor, b: Tensor, h0: Tensor | None = None, mode: str = "scan") -> Tensor:
-    """Dispatch on ``mode``: "scan" (GPU kernel where it applies, else torch scan on CUDA, chunked on CPU),
-    "torch_scan", "chunked", "loop"."""
+    """Dispatch on ``mode``: "scan" (the device's kernel where it applies, else torch scan on CUDA, chunked
+    on CPU), "torch_scan", "chunked", "loop"."""
     return _PATHS[_path(mode, a, b, h0)](a, b, h0)

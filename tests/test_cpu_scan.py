@@ -1,0 +1,132 @@
+"""The C linear-recurrence kernel against the torch loop reference, its build, and the CPU dispatch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ssm_lab.ops.scan as scan_module
+from ssm_lab.ops.cpu import build
+from ssm_lab.ops.cpu.linear_scan import linear_scan, linear_scan_adjoint
+from ssm_lab.ops.scan import kernel_applies, linear_recurrence, linear_recurrence_chunked, linear_recurrence_ref
+
+# relative error ||out - ref|| / ||ref|| against a float64 reference computed from the same inputs
+TOLERANCE = {torch.float32: 1e-5, torch.complex64: 1e-5, torch.float64: 1e-12, torch.complex128: 1e-12}
+KINDS = {
+    "lti": lambda batch, length, n: (n,),
+    "per_batch": lambda batch, length, n: (batch, 1, n),
+    "per_step": lambda batch, length, n: (batch, length, n),
+    "shared_steps": lambda batch, length, n: (1, length, n),
+}
+
+
+def _relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((value.to(reference.dtype) - reference).norm() / reference.norm().clamp_min(1e-30)).item()
+
+
+def _inputs(dtype: torch.dtype, kind: str, length: int, n: int, with_h0: bool, seed: int = 0):
+    """Decays with |a| in [0.5, 0.999] (long memories: errors would accumulate over L), inputs, h0, dLoss/dh."""
+    generator = torch.Generator().manual_seed(seed)
+    batch = 3
+
+    def sample(*shape: int) -> torch.Tensor:
+        real = torch.randn(*shape, generator=generator, dtype=torch.float64)
+        if dtype.is_complex:
+            real = torch.complex(real, torch.randn(*shape, generator=generator, dtype=torch.float64))
+        return real.to(dtype)
+
+    shape = KINDS[kind](batch, length, n)
+    modulus = 0.5 + 0.499 * torch.rand(shape, generator=generator, dtype=torch.float64)
+    if dtype.is_complex:
+        a = torch.polar(modulus, 2 * torch.pi * torch.rand(shape, generator=generator, dtype=torch.float64))
+    else:
+        a = torch.where(torch.rand(shape, generator=generator, dtype=torch.float64) < 0.2, -modulus, modulus)
+    h0 = sample(batch, n) if with_h0 else None
+    return a.to(dtype), sample(batch, length, n), h0, sample(batch, length, n)
+
+
+@pytest.mark.parametrize("length", [1, 7, 64, 1000])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64, torch.complex128], ids=str)
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("with_h0", [False, True], ids=["zero_h0", "h0"])
+@pytest.mark.parametrize("n", [5, 37])  # fewer lanes than a block, and two blocks and a remainder
+def test_kernel_matches_the_loop_outputs_and_every_gradient(length, dtype, kind, with_h0, n):
+    a, b, h0, grad_h = _inputs(dtype, kind, length, n, with_h0, seed=length + n)
+    assert kernel_applies(a, b, h0)
+    wide = torch.complex128 if dtype.is_complex else torch.float64
+    inputs = [x.to(wide).requires_grad_() for x in (a, b) + ((h0,) if with_h0 else ())]
+    reference = linear_recurrence_ref(inputs[0], inputs[1], inputs[2] if with_h0 else None)
+    expected = torch.autograd.grad(reference, inputs, grad_h.to(wide))
+    ours = [x.clone().requires_grad_() for x in (a, b) + ((h0,) if with_h0 else ())]
+    states = linear_recurrence(ours[0], ours[1], ours[2] if with_h0 else None, mode="scan")
+    assert states.dtype == dtype
+    assert _relative_error(states, reference) < TOLERANCE[dtype]
+    for got, want in zip(torch.autograd.grad(states, ours, grad_h), expected, strict=True):
+        assert got.shape == want.shape and got.dtype == dtype
+        assert _relative_error(got, want) < TOLERANCE[dtype]
+
+
+def test_adjoint_sums_the_decay_gradient_over_a_shared_batch():
+    """a shared by the batch (1, 1, N) and per step (1, L, N): grad_a keeps a's shape, summed over rows."""
+    for kind in ("lti", "shared_steps"):
+        a, b, h0, grad_h = _inputs(torch.float64, kind, 9, 4, with_h0=True)
+        a = a.view(1, -1, 4)
+        states = linear_recurrence_ref(a, b, h0)
+        grad_a, grad_b, grad_h0 = linear_scan_adjoint(a, states, h0, grad_h)
+        leaves = [x.clone().requires_grad_() for x in (a, b, h0)]
+        expected = torch.autograd.grad(linear_recurrence_ref(*leaves), leaves, grad_h)
+        for got, want in zip((grad_a, grad_b, grad_h0), expected, strict=True):
+            torch.testing.assert_close(got, want)
+
+
+def test_empty_sequence_and_final_state_continuation():
+    a, b, h0, _ = _inputs(torch.float32, "per_step", 40, 6, with_h0=True)
+    assert linear_scan(a[:, :0], b[:, :0], h0).shape == (3, 0, 6)
+    whole = linear_recurrence(a, b, h0)
+    first = linear_recurrence(a[:, :25], b[:, :25], h0)
+    second = linear_recurrence(a[:, 25:], b[:, 25:], first[:, -1])
+    torch.testing.assert_close(torch.cat([first, second], dim=1), whole)
+
+
+def test_cpu_scan_mode_runs_the_c_kernel_and_the_chunked_scan_without_it(monkeypatch):
+    calls = []
+    kernel = scan_module.cpu_scan.linear_scan
+    monkeypatch.setattr(scan_module.cpu_scan, "linear_scan", lambda *args: calls.append(1) or kernel(*args))
+    a, b, h0, _ = _inputs(torch.complex64, "per_step", 9, 4, with_h0=True)
+    kernel_states = linear_recurrence(a, b, h0, mode="scan")
+    assert calls == [1]
+    for mode in ("chunked", "torch_scan", "loop"):  # the other modes never run it
+        torch.testing.assert_close(linear_recurrence(a, b, h0, mode=mode), kernel_states)
+    assert calls == [1]
+    monkeypatch.setattr(scan_module, "cpu_scan", None)  # no compiler: the chunked scan
+    assert not kernel_applies(a, b, h0)
+    assert torch.equal(linear_recurrence(a, b, h0, mode="scan"), linear_recurrence_chunked(a, b, h0))
+    assert calls == [1]
+
+
+def test_build_caches_by_source_and_raises_import_error_when_it_cannot_build(tmp_path, monkeypatch):
+    monkeypatch.setenv("SSM_LAB_CACHE_DIR", str(tmp_path / "cache"))
+    source = tmp_path / "twice.c"
+    source.write_text("double twice(double x) { return 2 * x; }\n")
+    library = build.load_library(source)
+    library.twice.restype, library.twice.argtypes = build.ctypes.c_double, [build.ctypes.c_double]
+    assert library.twice(1.5) == 3.0
+    (built,) = (tmp_path / "cache" / "cpu_kernels").glob("twice-*.so")
+
+    def compiler_must_not_run(*args):
+        raise AssertionError("recompiled an unchanged source")
+
+    monkeypatch.setattr(build, "_compile", compiler_must_not_run)
+    build.load_library(source)  # the cached build
+    source.write_text("double twice(double x) { return x + x; }\n")
+    with pytest.raises(AssertionError, match="recompiled"):  # an edited source is built again
+        build.load_library(source)
+    monkeypatch.undo()
+    monkeypatch.setenv("SSM_LAB_CACHE_DIR", str(tmp_path / "cache"))
+    source.write_text("this is not C\n")
+    with pytest.raises(ImportError, match="building twice.c with .* failed"):
+        build.load_library(source)
+    monkeypatch.setenv("CC", "no-such-compiler")
+    with pytest.raises(ImportError, match="no C compiler found \\('no-such-compiler'\\)"):
+        build.load_library(source)
+    assert built.exists()
