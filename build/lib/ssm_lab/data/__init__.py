@@ -1,0 +1,1 @@
+"""Dataset families: one LightningDataModule per module, each declaring its TaskSpec."""

@@ -1,0 +1,109 @@
+"""Loaders of the official benchmark files, read as the ``nonlinear_benchmarks`` package reads
+them (same variables, same index splits), with outputs converted to the reporting units.
+Each returns {"train": Record, <test record name>: Record, ...}; files live in
+``<data_dir>/sysid/<benchmark>/`` (data_dir/README.md lists them)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ssm_lab.data.sysid.records import Record, column
+
+VOLTS_TO_MV = 1e3
+METRES_TO_MM = 1e3
+
+
+def read_mat(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The named variables of a MATLAB file, flattened to 1-D; errors name the file and what is
+    wrong (unreadable, a variable missing or not numeric)."""
+    from scipy.io import loadmat  # only the file loaders need scipy.io
+
+    try:
+        contents = loadmat(path)
+    except Exception as error:  # scipy raises several types for a corrupt file
+        raise ValueError(f"{path}: not a readable MATLAB file ({error})") from error
+    variables = {}
+    for name in names:
+        if name not in contents:
+            found = sorted(k for k in contents if not k.startswith("__"))
+            raise ValueError(f"{path}: no variable {name!r}; the file holds {found}")
+        value = np.asarray(contents[name])
+        if not np.issubdtype(value.dtype, np.number):
+            raise ValueError(f"{path}: variable {name!r} is not numeric (dtype {value.dtype})")
+        variables[name] = value.astype(np.float64).ravel()
+    return variables
+
+
+def _same_length(path: Path, **signals: np.ndarray) -> None:
+    lengths = {name: len(v) for name, v in signals.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"{path}: signals have different lengths {lengths}")
+
+
+def wiener_hammerstein_files(directory: Path) -> dict[str, Record]:
+    """WienerHammerBenchMark.mat: samples 5200..184000, the first 100000 for training."""
+    path = directory / "WienerHammerBenchMark.mat"
+    v = read_mat(path, ("uBenchMark", "yBenchMark", "fs"))
+    _same_length(path, uBenchMark=v["uBenchMark"], yBenchMark=v["yBenchMark"])
+    full = Record(column(v["uBenchMark"]), column(v["yBenchMark"] * VOLTS_TO_MV), 1 / v["fs"][0], str(path))
+    data = full[5200:184000]
+    return {"train": data[:100000], "test": data[100000:]}
+
+
+def silverbox_files(directory: Path) -> dict[str, Record]:
+    """SNLS80mV.mat: the arrow (samples 100..40575) and the multisines (40650..127400, 75% for
+    training, 25% the "multisine" test)."""
+    path = directory / "SNLS80mV.mat"
+    v = read_mat(path, ("V1", "V2"))
+    _same_length(path, V1=v["V1"], V2=v["V2"])
+    full = Record(column(v["V1"]), column(v["V2"] * VOLTS_TO_MV), 1 / 610.35, str(path))
+    arrow, multisine = full[100:40575], full[40650:127400]
+    split = int(len(multisine) * 0.75)
+    return {
+        "train": multisine[:split],
+        "multisine": multisine[split:],
+        "arrow_full": arrow,
+        "arrow_no_extrapolation": arrow[:32000],
+    }
+
+
+def cascaded_tanks_files(directory: Path) -> dict[str, Record]:
+    """dataBenchmark.mat: the estimation record for training, the validation record for test."""
+    path = directory / "dataBenchmark.mat"
+    v = read_mat(path, ("uEst", "uVal", "yEst", "yVal", "Ts"))
+    _same_length(path, uEst=v["uEst"], yEst=v["yEst"])
+    _same_length(path, uVal=v["uVal"], yVal=v["yVal"])
+    ts = float(v["Ts"][0])
+    return {
+        "train": Record(column(v["uEst"]), column(v["yEst"]), ts, f"{path} (Est)"),
+        "test": Record(column(v["uVal"]), column(v["yVal"]), ts, f"{path} (Val)"),
+    }
+
+
+def emps_files(directory: Path) -> dict[str, Record]:
+    """DATA_EMPS.mat for training, DATA_EMPS_PULSES.mat for test: input vir (V), output qm (m -> mm)."""
+    records = {}
+    for split, name in (("train", "DATA_EMPS.mat"), ("test", "DATA_EMPS_PULSES.mat")):
+        path = directory / name
+        v = read_mat(path, ("qm", "vir", "t"))
+        _same_length(path, qm=v["qm"], vir=v["vir"], t=v["t"])
+        records[split] = Record(
+            column(v["vir"]), column(v["qm"] * METRES_TO_MM), float(v["t"][1] - v["t"][0]), str(path)
+        )
+    return records
+
+
+def bouc_wen_files(directory: Path) -> dict[str, Record]:
+    """The benchmark's test signals (force in N, displacement m -> mm, 750 Hz): u/yval_multisine.mat
+    and u/yval_sinesweep.mat. The benchmark ships no training data: it is simulated."""
+    records = {}
+    for test in ("multisine", "sinesweep"):
+        u_path, y_path = directory / f"uval_{test}.mat", directory / f"yval_{test}.mat"
+        u = read_mat(u_path, (f"uval_{test}",))[f"uval_{test}"]
+        y = read_mat(y_path, (f"yval_{test}",))[f"yval_{test}"]
+        if len(u) != len(y):
+            raise ValueError(f"{u_path} has {len(u)} samples but {y_path} has {len(y)}")
+        records[test] = Record(column(u), column(y * METRES_TO_MM), 1 / 750.0, str(y_path))
+    return records

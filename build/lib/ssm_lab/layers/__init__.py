@@ -1,0 +1,1 @@
+"""Static (per-position, channel-mixing) layers placed between recurrent cores."""

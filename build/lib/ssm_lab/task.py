@@ -1,0 +1,154 @@
+"""The one LightningModule: loss and torchmetrics chosen from the TaskSpec.
+
+classification (per token or per sequence): cross-entropy, accuracy;
+regression (per step or per sequence): MSE loss, RMSE. Padded positions (``lengths``) and the
+``eval_warmup`` leading steps of per-step tasks are left out of loss and metrics. Batches with
+``integration_timesteps`` (irregular sampling) pass them to the model.
+
+A model built with ``readout="least_squares"`` (random features, e.g. ``model=lcde_random_ols``)
+is not trained by gradient: each training batch adds its features and targets (one-hot for
+classes) to the normal equations, and the decoder is set to the ridge least-squares solution over
+every training batch seen so far.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from ssm_lab.data.spec import TaskSpec
+from ssm_lab.metrics import build_metrics
+from ssm_lab.optim import build_optimizer
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or Inf; the run stops and is recorded as failed."""
+
+
+class LeastSquaresReadout(nn.Module):
+    """Normal equations of a linear readout with bias, accumulated in float64 (buffers, so a
+    checkpoint resumes the fit): gram = sum [f, 1]^T [f, 1], cross = sum [f, 1]^T y."""
+
+    def __init__(self, d_features: int, d_output: int, ridge: float) -> None:
+        super().__init__()
+        self.ridge = ridge
+        self.register_buffer("gram", torch.zeros(d_features + 1, d_features + 1, dtype=torch.float64))
+        self.register_buffer("cross", torch.zeros(d_features + 1, d_output, dtype=torch.float64))
+
+    def update(self, features: Tensor, targets: Tensor) -> None:
+        """features: (n, d_features), targets: (n, d_output)."""
+        design = torch.cat([features, torch.ones_like(features[:, :1])], dim=1).double()
+        self.gram += design.T @ design
+        self.cross += design.T @ targets.double()
+
+    def solve(self) -> tuple[Tensor, Tensor]:
+        """(weight: (d_output, d_features), bias: (d_output,)) minimising the squared error
+        + ridge * mean(diag(gram)) * ||weight||^2 (the bias is not penalised)."""
+        penalty = torch.eye(len(self.gram), dtype=self.gram.dtype, device=self.gram.device)
+        penalty[-1, -1] = 0
+        scale = self.ridge * self.gram.diagonal().mean().clamp_min(1e-12)
+        solution = torch.linalg.solve(self.gram + scale * penalty, self.cross)
+        return solution[:-1].T, solution[-1]
+
+
+class SequenceTask(L.LightningModule):
+    def __init__(
+        self,
+        model: nn.Module,
+        spec: TaskSpec,
+        optimizer: Callable,
+        scheduler: Callable | None = None,
+        recurrence_lr: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.model, self.spec = model, spec
+        self.optimizer_factory, self.scheduler_factory, self.recurrence_lr = optimizer, scheduler, recurrence_lr
+        self.metrics = nn.ModuleDict({f"{split}_metrics": build_metrics(spec) for split in ("train", "val", "test")})
+        self.least_squares = None
+        if getattr(model, "readout", "trained") == "least_squares":
+            self.least_squares = LeastSquaresReadout(model.decoder.in_features, spec.d_output, model.ridge)
+
+    def _valid_positions(self, batch: dict[str, Tensor], length: int) -> Tensor | None:
+        """(B, L) bool of the positions that count, or None when all do."""
+        lengths = batch.get("lengths")
+        warmup = self.spec.eval_warmup if self.spec.per_step else 0
+        if lengths is None and warmup == 0:
+            return None
+        steps = torch.arange(length, device=batch["inputs"].device)
+        mask = steps >= warmup
+        if lengths is not None:
+            mask = mask & (steps < lengths.unsqueeze(1))
+        return mask.expand(batch["inputs"].shape[0], -1)
+
+    @staticmethod
+    def _model_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        extra = {"integration_timesteps": batch["integration_timesteps"]} if "integration_timesteps" in batch else {}
+        return {"lengths": batch.get("lengths"), **extra}
+
+    def _counted(self, batch: dict[str, Tensor], outputs: Tensor) -> tuple[Tensor, Tensor]:
+        """Outputs (per-step or per-sequence) and targets, flattened to the positions that count."""
+        targets = batch["targets"]
+        if self.spec.per_step:
+            mask = self._valid_positions(batch, outputs.shape[1])
+            if mask is not None:
+                return outputs[mask], targets[mask]
+            return outputs.flatten(0, 1), targets.flatten(0, 1)
+        return outputs, targets
+
+    def _predictions(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return self._counted(batch, self.model(batch["inputs"], **self._model_inputs(batch)))
+
+    def _shared_step(self, batch: dict[str, Tensor], split: str) -> Tensor:
+        outputs, targets = self._predictions(batch)
+        if self.spec.is_classification:
+            loss = nn.functional.cross_entropy(outputs, targets)
+        else:
+            outputs = outputs.reshape(targets.shape)
+            loss = nn.functional.mse_loss(outputs, targets)
+        metrics = self.metrics[f"{split}_metrics"]
+        metrics.update(outputs.detach(), targets)
+        on_step = split == "train"
+        self.log(f"{split}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True, batch_size=len(targets))
+        logged = {f"{split}/{k}": v for k, v in metrics.items()}
+        self.log_dict(logged, on_step=False, on_epoch=True, prog_bar=split != "train")
+        return loss
+
+    def _fit_readout(self, batch: dict[str, Tensor]) -> None:
+        """Add the batch to the normal equations and set the decoder to their solution."""
+        with torch.no_grad():
+            features, targets = self._counted(batch, self.model.features(batch["inputs"], **self._model_inputs(batch)))
+            if self.spec.is_classification:
+                targets = nn.functional.one_hot(targets, self.spec.d_output)
+            self.least_squares.update(features, targets.reshape(len(features), -1))
+            weight, bias = self.least_squares.solve()
+            self.model.decoder.weight.copy_(weight)
+            self.model.decoder.bias.copy_(bias)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
+        if self.least_squares is not None:
+            self._fit_readout(batch)
+            self._shared_step(batch, "train")
+            return None  # nothing to back-propagate: the readout was solved, not stepped
+        loss = self._shared_step(batch, "train")
+        if not math.isfinite(loss.item()):
+            raise NonFiniteLossError(f"training loss is {loss.item()} at step {self.global_step}")
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def configure_optimizers(self):
+        if self.least_squares is not None:
+            return None  # closed-form readout: no parameter is trained by gradient
+        optimizer = build_optimizer(self.model, self.optimizer_factory, self.recurrence_lr)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

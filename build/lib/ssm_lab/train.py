@@ -1,0 +1,248 @@
+"""run(cfg): one training run from a composed config to a completed run record.
+
+Skips a completed run, resumes an unfinished one from its last checkpoint, and records a run
+that stops on a non-finite loss as failed, with the reason.
+
+Sweeps and clusters: a per-run file lock lets concurrent sweeps share a results_dir (each run is
+trained by one process, a completed one never again); under DDP only global rank 0 locks and
+writes the record. A run stopped by SIGTERM (Ctrl-C, scancel, preemption) or by submitit's USR2
+requeue is recorded as interrupted and exits non-zero; its next launch resumes from last.ckpt,
+which is only written at epoch ends, so the resumed run replays the uninterrupted one exactly."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
+
+from ssm_lab.config import finalize
+from ssm_lab.results import (
+    CONFIG,
+    MetricsRecorder,
+    atomic_write,
+    final_and_best,
+    read_summary,
+    run_dir,
+    write_summary,
+)
+from ssm_lab.task import NonFiniteLossError, SequenceTask
+
+
+def package_version() -> str:
+    try:
+        return version("ssm_lab")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def git_commit() -> str | None:
+    """HEAD of the checkout holding the package, with "-dirty" when it has uncommitted changes."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        commit, dirty = git("rev-parse", "HEAD"), git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+@contextmanager
+def run_lock(path: Path) -> Iterator[bool]:
+    """An exclusive lock on the run folder; yields False when another process holds it."""
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / ".lock", "w") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _check_budget(cfg: DictConfig) -> None:
+    max_steps = cfg.trainer.get("max_steps")
+    if not isinstance(max_steps, int) or max_steps <= 0:
+        raise ValueError(f"trainer.max_steps must be a positive integer, got {max_steps!r}")
+
+
+def _progress_bar(setting: bool | None) -> bool:
+    """null in the config means: on at a terminal, off in CI or when output is redirected."""
+    if setting is not None:
+        return bool(setting)
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def _device(trainer: L.Trainer) -> str:
+    device = trainer.strategy.root_device
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is global rank 0, as its launcher (Lightning's, srun, torchrun) says in
+    the environment: known before the trainer exists, so the other ranks of a DDP run skip the lock."""
+    return all(int(os.environ.get(key, "0")) == 0 for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
+
+
+def _cluster_plugins() -> list[SLURMEnvironment]:
+    """Under SLURM, Lightning's cluster environment without its auto-requeue: submitit requeues on
+    USR2, and Lightning's handler would save a mid-epoch checkpoint that a resume cannot replay."""
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
+def _completed(path: Path) -> dict[str, Any] | None:
+    summary = read_summary(path)
+    return summary if summary and summary.get("status") == "completed" else None
+
+
+def _job_log() -> str | None:
+    """The stderr log of the submitit job (a sweep on SLURM or submitit_local) running this process."""
+    if "SUBMITIT_FOLDER" not in os.environ:
+        return None
+    import submitit  # only submitit's jobs have one
+
+    return str(submitit.JobEnvironment().paths.stderr)
+
+
+def run(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]:
+    """Train, test and record one run; returns its summary. ``callbacks`` are added to the trainer's.
+
+    In a submitit job an error names the job's log: Hydra shows it where the sweep was launched."""
+    try:
+        return _run(cfg, callbacks)
+    except Exception as error:
+        if (log := _job_log()) and hasattr(error, "add_note"):  # add_note: Python >= 3.11
+            error.add_note(f"[ssm_lab] job log: {log}")
+        raise
+
+
+def _run(cfg: DictConfig, callbacks: Sequence[L.Callback]) -> dict[str, Any]:
+    cfg = finalize(cfg)
+    _check_budget(cfg)
+    path = run_dir(cfg)
+    if summary := _completed(path):
+        print(f"[ssm_lab] run already complete, skipped: {path}")
+        return summary
+    if not is_rank_zero():
+        return _train(cfg, path, read_summary(path) or {}, callbacks)
+    with run_lock(path) as locked:
+        if not locked:
+            print(f"[ssm_lab] run is in progress in another process, skipped: {path}")
+            return read_summary(path) or {"status": "running", "run_dir": str(path)}
+        if summary := _completed(path):  # finished by another sweep between our first look and the lock
+            print(f"[ssm_lab] run already complete, skipped: {path}")
+            return summary
+        return _train(cfg, path, read_summary(path) or {}, callbacks)
+
+
+def _train(cfg: DictConfig, path: Path, previous: dict[str, Any], callbacks: Sequence[L.Callback]) -> dict[str, Any]:
+    writes_record = is_rank_zero()
+    if writes_record and not (path / CONFIG).exists():
+        atomic_write(path / CONFIG, OmegaConf.to_yaml(cfg))
+    checkpoint = path / "checkpoints" / "last.ckpt"
+    resume_from = checkpoint if checkpoint.exists() and previous.get("status") != "failed" else None
+    resume_step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"] if resume_from else 0
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = instantiate(cfg.data)
+    spec = datamodule.spec
+    model = instantiate(cfg.model)(spec=spec)
+    task = SequenceTask(
+        model,
+        spec,
+        optimizer=instantiate(cfg.optim.optimizer),
+        scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
+        recurrence_lr=cfg.optim.get("recurrence_lr"),
+    )
+    logger = instantiate(cfg.logger, save_dir=str(path)) if cfg.get("logger") else False
+    recorder = MetricsRecorder(path, resume_step)
+    checkpointing = ModelCheckpoint(
+        dirpath=path / "checkpoints", filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False,
+        save_on_train_epoch_end=True,
+    )
+    trainer_cfg = OmegaConf.to_container(cfg.trainer)
+    trainer_cfg["enable_progress_bar"] = _progress_bar(trainer_cfg.get("enable_progress_bar"))
+    if plugins := _cluster_plugins():
+        trainer_cfg["plugins"] = plugins
+    trainer: L.Trainer = instantiate(
+        trainer_cfg, default_root_dir=str(path), logger=logger, callbacks=[checkpointing, recorder, *callbacks]
+    )
+    if logger:
+        logger.log_hyperparams(OmegaConf.to_container(cfg))
+
+    n_params = sum(p.numel() for p in model.parameters())
+    summary: dict[str, Any] = {
+        "run_id": path.name,
+        "experiment": str(cfg.name),
+        "status": "running",
+        "seed": cfg.seed,
+        "parameters": n_params,
+        "device": _device(trainer),
+        "processes": trainer.world_size,
+        "package_version": package_version(),
+        "git_commit": git_commit(),
+        "resumed_from_step": resume_step,
+        "wall_time_s": previous.get("wall_time_s", 0.0) if resume_from else 0.0,
+    }
+    if writes_record:
+        write_summary(path, summary)
+    start = time.perf_counter()
+
+    def record(status: str, **fields: Any) -> dict[str, Any]:
+        summary.update(status=status, **fields)
+        summary["wall_time_s"] += time.perf_counter() - start
+        summary["final"], summary["best"] = final_and_best(recorder.rows)
+        summary["steps"] = trainer.global_step
+        if writes_record:
+            write_summary(path, summary)
+            _report(path, summary)
+        return summary
+
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+        if isinstance(loader := trainer.train_dataloader, DataLoader):  # gone once trainer.test has run
+            summary["batch_size_per_process"] = loader.batch_size
+        trainer.test(task, datamodule=datamodule, verbose=False)
+    except NonFiniteLossError as error:
+        return record("failed", reason=str(error))
+    except SIGTERMException as error:  # Lightning stopped at a batch end; report the signal to the launcher
+        record("interrupted", reason=f"SIGTERM at step {trainer.global_step}")
+        raise SystemExit(128 + signal.SIGTERM) from error
+    except BaseException as error:  # Ctrl-C, submitit's requeue, a crash: the next launch resumes from last.ckpt
+        record("interrupted", reason=f"{type(error).__name__}: {error}")
+        raise
+    if hasattr(model, "certified_gain_bound"):
+        from ssm_lab.models.certificate import audit  # only certified models need it
+
+        summary.update(audit(model))  # certified_gain and empirical_gain
+    return record("completed")
+
+
+def _report(path: Path, summary: dict[str, Any]) -> None:
+    metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted(summary["final"].items()) if not k.startswith("train/"))
+    print(f"[ssm_lab] {summary['status']}: {path}")
+    if summary.get("reason"):
+        print(f"[ssm_lab] reason: {summary['reason']}")
+    print(f"[ssm_lab] {metrics} ({summary['steps']} steps, {summary['wall_time_s']:.1f} s)")
