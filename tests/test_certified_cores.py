@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from ssm_lab.cores import tv as tv_module
 from ssm_lab.cores.l2n import L2N
 from ssm_lab.cores.l2ru import L2RU, dense_recurrence
 from ssm_lab.cores.lru import LRU, diagonal_recurrence_conv
@@ -346,48 +347,64 @@ def _tv_steps_formula(selected, u, delta_bias, alpha, dtype):
     return a * k, b * k * u, c * k
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("spread", [0.1, 6.0])  # small pre-activations: norms < 1; large: most > 1
-def test_tv_step_kernels_match_the_formula_on_cuda(dtype, spread):
-    """The Triton step-matrix kernels read the selection's (B, L, 3 N) output in place: their three outputs
-    and the gradients of the pre-activations, u, delta_bias and alpha against float64 autograd of the formula."""
-    from ssm_lab.ops.triton.tv_steps import tv_steps, tv_steps_backward
+# (device, dtype) of the step-matrix kernels: C on CPU, Triton on CUDA
+STEP_KERNEL_CASES = [
+    ("cpu", torch.float32),
+    ("cpu", torch.float64),
+    *(pytest.param("cuda", dtype, marks=pytest.mark.gpu) for dtype in (torch.float32, torch.bfloat16, torch.float16)),
+]
 
+
+def _step_kernels(device: str):
+    """The step-matrix kernel module the tv core uses on ``device`` (skips where it was not built)."""
+    kernels = tv_module.triton_steps if device == "cuda" else tv_module.cpu_steps
+    if kernels is None:
+        pytest.skip(f"no tv step kernels on {device} (no Triton / no C compiler)")
+    return kernels
+
+
+@pytest.mark.parametrize(("device", "dtype"), STEP_KERNEL_CASES)
+@pytest.mark.parametrize("spread", [0.1, 6.0])  # small pre-activations: norms < 1; large: most > 1
+def test_tv_step_kernels_match_the_formula(device, dtype, spread):
+    """The step-matrix kernels (C on CPU, Triton on CUDA) read the selection's (B, L, 3 N) output in place:
+    their three outputs and the gradients of the pre-activations, u, delta_bias and alpha against float64
+    autograd of the formula."""
+    kernels = _step_kernels(device)
     generator = torch.Generator().manual_seed(int(10 * spread))
     batch, length, n = 3, 50, 70  # 150 tokens: 3 backward programs, the last partly masked; n: 2 channel blocks
-    selection = (spread * torch.randn(batch, length, 3 * n, generator=generator)).to(dtype).cuda()
-    u = torch.randn(batch, length, n, generator=generator).to(dtype).cuda()
-    delta_bias, alpha = torch.randn(2, n, generator=generator).cuda()
-    grads = torch.randn(3, batch, length, n, generator=generator).to(dtype).cuda()
+    selection = (spread * torch.randn(batch, length, 3 * n, generator=generator)).to(dtype).to(device)
+    u = torch.randn(batch, length, n, generator=generator).to(dtype).to(device)
+    delta_bias, alpha = torch.randn(2, n, generator=generator).to(torch.promote_types(dtype, torch.float32)).to(device)
+    grads = torch.randn(3, batch, length, n, generator=generator).to(dtype).to(device)
     selected = selection.unflatten(-1, (3, n)).movedim(-2, 0)  # the layout TV.selected gives
+    assert kernels.tv_steps_applies(selected, u)
     leaves = [x.double().requires_grad_() for x in (selected, u, delta_bias, alpha)]
     expected = _tv_steps_formula(*leaves, dtype=dtype)
     expected_grads = torch.autograd.grad(expected, leaves, [g.double() for g in grads])
-    got = tv_steps(selected, u, delta_bias, alpha)
-    got_grads = tv_steps_backward(selected, u, delta_bias, alpha, *grads)
-    relative = 1e-5 if dtype is torch.float32 else 2e-2
+    got = kernels.tv_steps(selected, u, delta_bias, alpha)
+    got_grads = kernels.tv_steps_backward(selected, u, delta_bias, alpha, *grads)
+    relative = {torch.float32: 1e-5, torch.float64: 1e-12}.get(dtype, 2e-2)
     for value, reference in zip((*got, *got_grads), (*expected, *expected_grads), strict=True):
         assert value.shape == reference.shape
         error = (value.double() - reference).norm() / reference.norm()
         assert error < relative, (value.dtype, tuple(value.shape), float(error))
 
 
-@pytest.mark.gpu
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("length", [1, 7, 300])
 @pytest.mark.parametrize("with_h0", [False, True])
 @pytest.mark.parametrize("spread", [0.1, 6.0])
-def test_tv_fused_recurrence_on_cuda_matches_the_reference(length, with_h0, spread):
-    """On CUDA the tv node runs the Triton step-matrix kernels and the scan kernel: readout, states and every
-    gradient against the float64 loop reference, fp32 (normwise: gradients sum up to 900 tokens of products
-    through a 300-step adjoint; fp32 gives ~1e-5, measured with Triton's interpreter)."""
-    from ssm_lab.ops.triton.tv_steps import tv_steps_applies
-
+def test_tv_fused_recurrence_matches_the_reference(device, length, with_h0, spread):
+    """The tv node with the step-matrix kernels and the scan kernel of ``device`` (C on CPU, Triton on CUDA):
+    readout, states and every gradient against the float64 loop reference, fp32 (normwise: gradients sum up
+    to 900 tokens of products through a 300-step adjoint; fp32 gives ~1e-5, measured with Triton's
+    interpreter)."""
+    step_kernels = _step_kernels(device)
     generator = torch.Generator().manual_seed(length + int(10 * spread))
     batch, n = 3, 70
 
     def sample(*shape, scale=1.0):
-        return (scale * torch.randn(*shape, generator=generator)).cuda()
+        return (scale * torch.randn(*shape, generator=generator)).to(device)
 
     selection, u, h0 = sample(batch, length, 3 * n, scale=spread), sample(batch, length, n), sample(batch, n)
     delta_bias, alpha = sample(n), sample(n)
@@ -398,7 +415,8 @@ def test_tv_fused_recurrence_on_cuda_matches_the_reference(length, with_h0, spre
         leaves = [selection, u, h0 if with_h0 else None, delta_bias, alpha]
         leaves = [None if x is None else x.to(dtype).detach().requires_grad_() for x in leaves]
         selected = leaves[0].unflatten(-1, (3, n)).movedim(-2, 0)  # the layout TV.selected gives
-        assert tv_steps_applies(selected, leaves[1]) == (dtype is torch.float32)
+        if dtype is torch.float32:
+            assert step_kernels.tv_steps_applies(selected, leaves[1])
         outputs = run(selected, *leaves[1:])
         loss = sum((output.double() * weight).sum() for output, weight in zip(outputs, weights, strict=True))
         gradients = torch.autograd.grad(loss, [x for x in leaves if x is not None])

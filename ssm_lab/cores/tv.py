@@ -18,6 +18,7 @@ incremental one (a_t depends on x).
 from __future__ import annotations
 
 import math
+from types import ModuleType
 
 import torch
 from torch import Tensor, nn
@@ -30,10 +31,22 @@ from ssm_lab.ops.spectral import normalize_to_contraction
 from ssm_lab.optim import mark_recurrence
 from ssm_lab.validation import check_positive
 
-try:  # Triton ships with CUDA builds of torch; CPU installs run the torch passes only
-    from ssm_lab.ops.triton.tv_steps import tv_steps, tv_steps_applies, tv_steps_backward
+try:  # Triton ships with CUDA builds of torch
+    from ssm_lab.ops.triton import tv_steps as triton_steps
 except ImportError:
-    tv_steps = tv_steps_applies = tv_steps_backward = None
+    triton_steps = None
+try:  # compiled on first import (ssm_lab.ops.cpu.build); without a compiler the torch passes run on CPU
+    from ssm_lab.ops.cpu import tv_steps as cpu_steps
+except ImportError:
+    cpu_steps = None
+
+
+def _steps_kernel(selected: Tensor, drive_input: Tensor) -> ModuleType | None:
+    """The step-matrix kernels for these inputs (Triton on CUDA, C on CPU), or None: the torch passes."""
+    for kernels in (triton_steps, cpu_steps):
+        if kernels is not None and kernels.tv_steps_applies(selected, drive_input):
+            return kernels
+    return None
 
 
 def normalize_2x2(a: Tensor, b: Tensor, c: Tensor, d: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -169,16 +182,18 @@ class _TVRecurrence(torch.autograd.Function):
     """Forward: (a, b, c) = step matrices, h = scan(a, b u, h0), z_t = c_t h_{t-1}. Backward, with
     dz and dh (from the caller's use of the states): dc_t = dz_t h_{t-1}; the states receive
     dh_t + dz_{t+1} c_{t+1} and h0 receives dz_0 c_0; the scan's adjoint gives (da, d(bu), dh0);
-    db = d(bu) u, du = d(bu) b; then the step matrices' backward. On CUDA the step matrices and their
-    backward are one Triton pass each (``ssm_lab.ops.triton.tv_steps``; the backward recomputes a and c
-    from the pre-activations rather than keeping them); elsewhere the torch passes below run, which keep
-    the raw step matrices and the softplus input."""
+    db = d(bu) u, du = d(bu) b; then the step matrices' backward. The step matrices and their backward are
+    one kernel pass each where ``_steps_kernel`` finds one (Triton on CUDA: ``ssm_lab.ops.triton.tv_steps``;
+    C on CPU: ``ssm_lab.ops.cpu.tv_steps``; the backward recomputes a and c from the pre-activations rather
+    than keeping them); elsewhere (float64 on CUDA, CPU without a compiler) the torch passes below run,
+    which keep the raw step matrices and the softplus input."""
 
     @staticmethod
     def forward(ctx, selected, drive_input, h0, delta_bias, alpha, mode):
-        ctx.fused = tv_steps is not None and tv_steps_applies(selected, drive_input)
+        ctx.kernels = _steps_kernel(selected, drive_input)
+        ctx.fused = ctx.kernels is not None
         if ctx.fused:
-            a, drive, c = tv_steps(selected, drive_input, delta_bias, alpha)
+            a, drive, c = ctx.kernels.tv_steps(selected, drive_input, delta_bias, alpha)
             kept = (selected,)
         else:
             raw, shifted = _raw_step_matrices(selected, delta_bias, alpha)
@@ -202,7 +217,7 @@ class _TVRecurrence(torch.autograd.Function):
             grad_output = torch.zeros_like(states)
         if ctx.fused:
             (selected,) = kept
-            a, _, c = tv_steps(selected, drive_input, delta_bias, alpha, with_drive=False)
+            a, _, c = ctx.kernels.tv_steps(selected, drive_input, delta_bias, alpha, with_drive=False)
         else:
             raw, shifted = kept
             p, q = _moduli(raw)  # with 1 / s, made once for this backward and the step matrices' one
@@ -224,7 +239,7 @@ class _TVRecurrence(torch.autograd.Function):
         if grad_h0 is not None:
             grad_h0 = grad_h0 + grad_h0_readout
         if ctx.fused:
-            grad_selected, grad_drive_input, grad_delta_bias, grad_alpha = tv_steps_backward(
+            grad_selected, grad_drive_input, grad_delta_bias, grad_alpha = ctx.kernels.tv_steps_backward(
                 selected, drive_input, delta_bias, alpha, grad_a, grad_drive, grad_c
             )
         else:

@@ -15,7 +15,6 @@ sets ``SSM_LAB_CPU_KERNELS=0``; ``CPU_KERNEL_UNAVAILABLE`` then says why, and CP
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from types import ModuleType
 
@@ -28,13 +27,10 @@ except ImportError:
     triton_scan = None
 
 CPU_KERNEL_UNAVAILABLE: str | None = None
-if os.environ.get("SSM_LAB_CPU_KERNELS", "1") == "0":
-    cpu_scan, CPU_KERNEL_UNAVAILABLE = None, "disabled by SSM_LAB_CPU_KERNELS=0"
-else:
-    try:
-        from ssm_lab.ops.cpu import linear_scan as cpu_scan
-    except ImportError as error:
-        cpu_scan, CPU_KERNEL_UNAVAILABLE = None, str(error)
+try:  # compiled on first import (ssm_lab.ops.cpu.build); no compiler, or SSM_LAB_CPU_KERNELS=0: ImportError
+    from ssm_lab.ops.cpu import linear_scan as cpu_scan
+except ImportError as error:
+    cpu_scan, CPU_KERNEL_UNAVAILABLE = None, str(error)
 
 __all__ = [
     "MODES",

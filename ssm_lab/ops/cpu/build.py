@@ -6,7 +6,8 @@ runs on, ``-march=native``), so an edited source or another machine gets its own
 ``$CC`` or ``cc``; with OpenMP (``-fopenmp``) where it supports it, else single-threaded. The build is
 written to a temporary file and renamed into place, so processes that start together (a sweep) never load
 a half-written library. Any failure raises ``ImportError`` with the compiler's message: a kernel module
-that imports has a library that loaded.
+that imports has a library that loaded. ``SSM_LAB_CPU_KERNELS=0`` in the environment turns the kernels off
+(``load_library`` raises ImportError): the torch paths run instead.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-FLAGS = ("-O3", "-march=native", "-std=c11", "-shared", "-fPIC")
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c11", "-shared", "-fPIC")
 OPENMP = "-fopenmp"
 
 
@@ -40,12 +41,14 @@ def _cpu_signature() -> str:
 
 def _compile(compiler: str, source: Path, target: Path, flags: tuple[str, ...]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [compiler, *flags, str(source), "-o", str(target)], capture_output=True, text=True, check=False
+        [compiler, *flags, str(source), "-o", str(target), "-lm"], capture_output=True, text=True, check=False
     )
 
 
 def load_library(source: Path) -> ctypes.CDLL:
     """The shared library built from ``source`` (a C file), compiled now unless a cached build matches."""
+    if os.environ.get("SSM_LAB_CPU_KERNELS", "1") == "0":
+        raise ImportError("the CPU kernels are turned off (SSM_LAB_CPU_KERNELS=0)")
     compiler = shutil.which(os.environ.get("CC", "cc"))
     if compiler is None:
         raise ImportError(f"no C compiler found ({os.environ.get('CC', 'cc')!r}) to build {source.name}")

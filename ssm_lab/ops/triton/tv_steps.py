@@ -23,6 +23,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ssm_lab.ops import tv_layout
+
 __all__ = ["SUPPORTED_DTYPES", "tv_steps", "tv_steps_applies", "tv_steps_backward"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -187,22 +189,8 @@ def tv_steps_applies(selected: Tensor, drive_input: Tensor) -> bool:
     return selected.is_cuda and drive_input.is_cuda and selected.dtype == drive_input.dtype in SUPPORTED_DTYPES
 
 
-def _planes(selected: Tensor) -> tuple[Tensor, int, int]:
-    """selected (3, B, L, N) as a (3, T, N) view with unit channel stride (a copy only if the layout has
-    none), and its (component, token) strides."""
-    planes = selected.flatten(1, 2)
-    if planes.stride(2) != 1:
-        planes = planes.contiguous()
-    return planes, planes.stride(0), planes.stride(1)
-
-
 def _grid(tokens: int, channels: int, rows_per_program: int) -> tuple[int, int]:
     return triton.cdiv(tokens, rows_per_program), triton.cdiv(channels, _BLOCK_N)
-
-
-def _precision(dtype: torch.dtype) -> tuple[float, float]:
-    info = torch.finfo(dtype)
-    return info.tiny**0.5, info.eps
 
 
 def tv_steps(
@@ -210,14 +198,14 @@ def tv_steps(
 ) -> tuple[Tensor, Tensor | None, Tensor]:
     """(a k, b k u or None, c k), each (B, L, N) contiguous in the input dtype, from the pre-activations
     selected (3, B, L, N), the drive input u (B, L, N) and the per-coordinate delta_bias, alpha (N,)."""
-    planes, stride_component, stride_token = _planes(selected)
+    planes, stride_component, stride_token = tv_layout.planes(selected)
     drive_input = drive_input.contiguous()
     tokens, channels = planes.shape[1:]
     a, c = torch.empty_like(drive_input), torch.empty_like(drive_input)
     drive = torch.empty_like(drive_input) if with_drive else None
     _forward_kernel[_grid(tokens, channels, _FORWARD_ROWS)](
         planes, drive_input, delta_bias.contiguous(), alpha.contiguous(), a, a if drive is None else drive, c,
-        tokens, channels, stride_component, stride_token, *_precision(drive_input.dtype),
+        tokens, channels, stride_component, stride_token, *tv_layout.precision(drive_input.dtype),
         WITH_DRIVE=with_drive, BLOCK_T=_FORWARD_ROWS, BLOCK_N=_BLOCK_N, num_warps=_NUM_WARPS,
     )  # fmt: skip
     return a, drive, c
@@ -234,7 +222,7 @@ def tv_steps_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dL/dselected in selected's layout, dL/du, dL/ddelta_bias, dL/dalpha) from the gradients of the three
     outputs of ``tv_steps`` (each (B, L, N))."""
-    planes, stride_component, stride_token = _planes(selected)
+    planes, stride_component, stride_token = tv_layout.planes(selected)
     drive_input = drive_input.contiguous()
     tokens, channels = planes.shape[1:]
     grid = _grid(tokens, channels, _BACKWARD_ROWS)
@@ -245,8 +233,8 @@ def tv_steps_backward(
         planes, drive_input, delta_bias.contiguous(), alpha.contiguous(), grad_a.contiguous(),
         grad_drive.contiguous(), grad_c.contiguous(), grad_planes, grad_drive_input, partials[0], partials[1],
         tokens, channels, stride_component, stride_token, grad_planes.stride(0), grad_planes.stride(1),
-        *_precision(drive_input.dtype), ROWS_PER_PROGRAM=_BACKWARD_ROWS, BLOCK_T=_BACKWARD_TILE, BLOCK_N=_BLOCK_N,
-        num_warps=_NUM_WARPS,
+        *tv_layout.precision(drive_input.dtype), ROWS_PER_PROGRAM=_BACKWARD_ROWS, BLOCK_T=_BACKWARD_TILE,
+        BLOCK_N=_BLOCK_N, num_warps=_NUM_WARPS,
     )  # fmt: skip
     grad_delta_bias, weighted_rate = partials.sum(1)
     grad_alpha = -weighted_rate * torch.sigmoid(alpha.float())

@@ -1,0 +1,173 @@
+/* The step matrices of the tv core on the CPU, one pass forward and one backward: the C twin of
+ * ssm_lab/ops/triton/tv_steps.py (the formulas and their derivation are in its docstring and in
+ * ssm_lab.cores.tv._step_matrices_backward, the torch twin). Per token t and coordinate n:
+ *
+ *   s = delta + delta_bias_n,  a = exp(-softplus(s) softplus(alpha_n)),  b = tanh(beta),  c = tanh(kappa),
+ *   p = |a + i(b - c)|,  q = |a + i(b + c)|,  k = 1 / (max(1, (p + q) / 2) (1 + 4 eps)),
+ *
+ * forward writes a k, b k u (u the drive input) and c k; backward writes dL/d(delta, beta, kappa), dL/du and
+ * per-block column sums of dL/ds and of dL/d(-rate) softplus(s) (for dL/ddelta_bias and dL/dalpha).
+ *
+ * Layout: the pre-activations are three planes of T tokens x N channels read in place from the selection
+ * layer's output (element (j, t, n) at j * component + t * token + n); u, a k, b k u, c k and the incoming
+ * gradients are contiguous (T, N). Tokens are split over the OpenMP threads in blocks of ROWS; inside a
+ * block the channels are walked in tiles of TILE with the tile's lanes vectorised.
+ *
+ * float32 uses exp and log1p written here (below), which the compiler vectorises (libm's are scalar calls);
+ * float64 uses libm's. tanh is 2 sigmoid(2 x) - 1, as in the Triton kernels.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#define ROWS 256
+#define TILE 64
+
+/* e^x for float: x = k ln2 + r with |r| <= ln2 / 2 (ln2 split in a high part exact in float and a low
+ * part, Cody & Waite), e^r by its Taylor polynomial to degree 7 (remainder r^8 / 8! < 2e-9 relative),
+ * times 2^k built in the exponent bits. x is clamped to [-87.3, 88.7] so that 2^k stays a normal float: the
+ * result is then within 1.2e-38 of e^x below the range and FLT_MAX-sized above it. */
+static inline float exp_float32(float x) {
+  x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
+  float k = rintf(x * 1.44269504088896341f);
+  float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
+  float p = 1.f / 5040.f;
+  p = p * r + 1.f / 720.f;
+  p = p * r + 1.f / 120.f;
+  p = p * r + 1.f / 24.f;
+  p = p * r + 1.f / 6.f;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  int32_t bits = ((int32_t)k + 127) << 23;
+  float scale;
+  memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+/* log(1 + y) for float y in [0, 1]: with f = y / (2 + y) in [0, 1/3], log(1 + y) = log((1 + f) / (1 - f))
+ * = 2 (f + f^3 / 3 + f^5 / 5 + ...), summed to f^17 (the next term is below 1.5e-10 relative). f comes from
+ * y directly, so tiny y keep full relative precision (log1p(y) ~ y). */
+static inline float log1p_float32(float y) {
+  float f = y / (2.f + y), w = f * f;
+  float p = 1.f / 17.f;
+  p = p * w + 1.f / 15.f;
+  p = p * w + 1.f / 13.f;
+  p = p * w + 1.f / 11.f;
+  p = p * w + 1.f / 9.f;
+  p = p * w + 1.f / 7.f;
+  p = p * w + 1.f / 5.f;
+  p = p * w + 1.f / 3.f;
+  p = p * w + 1.f;
+  return 2.f * f * p;
+}
+
+static inline float sqrt_float32(float x) { return sqrtf(x); }
+static inline double exp_float64(double x) { return exp(x); }
+static inline double log1p_float64(double y) { return log1p(y); }
+static inline double sqrt_float64(double x) { return sqrt(x); }
+
+#define DEFINE_TV_STEPS(T, SUFFIX)                                                                         \
+  /* torch's softplus (beta 1, threshold 20) */                                                           \
+  static inline T softplus_##SUFFIX(T x) {                                                                \
+    T magnitude = x < 0 ? -x : x;                                                                         \
+    return x > 20 ? x : (x > 0 ? x : 0) + log1p_##SUFFIX(exp_##SUFFIX(-magnitude));                       \
+  }                                                                                                       \
+  static inline T sigmoid_##SUFFIX(T x) { return 1 / (1 + exp_##SUFFIX(-x)); }                            \
+                                                                                                          \
+  void tv_steps_forward_##SUFFIX(const T *selected, long component, long token, const T *u,              \
+                                 const T *delta_bias, const T *alpha, T *a_out, T *drive_out, T *c_out,   \
+                                 long tokens, long channels, T tiny, T eps, int threads) {                \
+    long blocks = (tokens + ROWS - 1) / ROWS;                                                             \
+    _Pragma("omp parallel for num_threads(threads) schedule(static)")                                     \
+    for (long block = 0; block < blocks; block++) {                                                       \
+      long last = (block + 1) * ROWS < tokens ? (block + 1) * ROWS : tokens;                              \
+      for (long n0 = 0; n0 < channels; n0 += TILE) {                                                      \
+        long lanes = channels - n0 < TILE ? channels - n0 : TILE;                                         \
+        T bias[TILE], rate[TILE];                                                                         \
+        for (long j = 0; j < lanes; j++) {                                                                \
+          bias[j] = delta_bias[n0 + j];                                                                   \
+          rate[j] = softplus_##SUFFIX(alpha[n0 + j]);                                                     \
+        }                                                                                                 \
+        for (long t = block * ROWS; t < last; t++) {                                                      \
+          const T *delta = selected + t * token + n0, *beta = delta + component, *kappa = beta + component; \
+          long at = t * channels + n0;                                                                    \
+          _Pragma("omp simd")                                                                             \
+          for (long j = 0; j < lanes; j++) {                                                              \
+            T a = exp_##SUFFIX(-softplus_##SUFFIX(delta[j] + bias[j]) * rate[j]);                         \
+            T b = 2 * sigmoid_##SUFFIX(2 * beta[j]) - 1, c = 2 * sigmoid_##SUFFIX(2 * kappa[j]) - 1;      \
+            T a_squared = a * a + tiny;                                                                   \
+            T p = sqrt_##SUFFIX(a_squared + (b - c) * (b - c));                                          \
+            T q = sqrt_##SUFFIX(a_squared + (b + c) * (b + c));                                          \
+            T half = (p + q) / 2;                                                                         \
+            T k = 1 / ((half > 1 ? half : 1) * (1 + 4 * eps));                                            \
+            a_out[at + j] = a * k;                                                                        \
+            c_out[at + j] = c * k;                                                                        \
+            if (drive_out) drive_out[at + j] = b * k * u[at + j];                                         \
+          }                                                                                               \
+        }                                                                                                 \
+      }                                                                                                   \
+    }                                                                                                     \
+  }                                                                                                       \
+                                                                                                          \
+  /* partial_shifted, partial_rate: (blocks, channels), one row per block of ROWS tokens */               \
+  void tv_steps_backward_##SUFFIX(const T *selected, long component, long token, const T *u,             \
+                                  const T *delta_bias, const T *alpha, const T *grad_a,                  \
+                                  const T *grad_drive, const T *grad_c, T *grad_selected,                \
+                                  long grad_component, long grad_token, T *grad_u, double *partial_shifted, \
+                                  double *partial_rate, long tokens, long channels, T tiny, T eps,       \
+                                  int threads) {                                                          \
+    long blocks = (tokens + ROWS - 1) / ROWS;                                                             \
+    _Pragma("omp parallel for num_threads(threads) schedule(static)")                                     \
+    for (long block = 0; block < blocks; block++) {                                                       \
+      long last = (block + 1) * ROWS < tokens ? (block + 1) * ROWS : tokens;                              \
+      for (long n0 = 0; n0 < channels; n0 += TILE) {                                                      \
+        long lanes = channels - n0 < TILE ? channels - n0 : TILE;                                         \
+        T bias[TILE], rate[TILE];                                                                         \
+        double sum_shifted[TILE] = {0}, sum_rate[TILE] = {0};                                             \
+        for (long j = 0; j < lanes; j++) {                                                                \
+          bias[j] = delta_bias[n0 + j];                                                                   \
+          rate[j] = softplus_##SUFFIX(alpha[n0 + j]);                                                     \
+        }                                                                                                 \
+        for (long t = block * ROWS; t < last; t++) {                                                      \
+          const T *delta = selected + t * token + n0, *beta = delta + component, *kappa = beta + component; \
+          T *grad_delta = grad_selected + t * grad_token + n0, *grad_beta = grad_delta + grad_component;  \
+          T *grad_kappa = grad_beta + grad_component;                                                     \
+          long at = t * channels + n0;                                                                    \
+          _Pragma("omp simd")                                                                             \
+          for (long j = 0; j < lanes; j++) {                                                              \
+            T shifted = delta[j] + bias[j], softplus_shifted = softplus_##SUFFIX(shifted);                \
+            T a = exp_##SUFFIX(-softplus_shifted * rate[j]);                                              \
+            T b = 2 * sigmoid_##SUFFIX(2 * beta[j]) - 1, c = 2 * sigmoid_##SUFFIX(2 * kappa[j]) - 1;      \
+            T a_squared = a * a + tiny;                                                                   \
+            T p = sqrt_##SUFFIX(a_squared + (b - c) * (b - c));                                          \
+            T q = sqrt_##SUFFIX(a_squared + (b + c) * (b + c));                                          \
+            T half = (p + q) / 2;                                                                         \
+            T k = 1 / ((half > 1 ? half : 1) * (1 + 4 * eps));                                            \
+            /* dL/d of the normalised entries (a k, b k, c k); u's gradient is d(b k u) b k */            \
+            T ga = grad_a[at + j], gb = grad_drive[at + j] * u[at + j], gc = grad_c[at + j];              \
+            grad_u[at + j] = grad_drive[at + j] * b * k;                                                  \
+            /* through 1 / k: dL/ds = -(g . (a, b, c)) k^2, ds/dp = ds/dq = (1 + 4 eps) / 2 if active */  \
+            T grad_half = p + q >= 2 ? -(ga * a + gb * b + gc * c) * k * k * (T)(0.5 + 2 * eps) : 0;      \
+            T weight_p = grad_half / p, weight_q = grad_half / q;                                         \
+            T grad_raw_a = ga * k + (weight_p + weight_q) * a;                                            \
+            T difference = weight_p * (b - c), total = weight_q * (b + c);                                \
+            grad_beta[j] = (gb * k + total + difference) * (1 - b * b); /* tanh' = 1 - tanh^2 */          \
+            grad_kappa[j] = (gc * k + total - difference) * (1 - c * c);                                  \
+            T grad_rate = grad_raw_a * a; /* dL/d(-rate), rate = softplus(s) softplus(alpha) */           \
+            T grad_shifted = -grad_rate * sigmoid_##SUFFIX(shifted) * rate[j];                            \
+            grad_delta[j] = grad_shifted;                                                                 \
+            sum_shifted[j] += grad_shifted;                                                               \
+            sum_rate[j] += grad_rate * softplus_shifted;                                                  \
+          }                                                                                               \
+        }                                                                                                 \
+        for (long j = 0; j < lanes; j++) {                                                                \
+          partial_shifted[block * channels + n0 + j] = sum_shifted[j];                                    \
+          partial_rate[block * channels + n0 + j] = sum_rate[j];                                          \
+        }                                                                                                 \
+      }                                                                                                   \
+    }                                                                                                     \
+  }
+
+DEFINE_TV_STEPS(float, float32)
+DEFINE_TV_STEPS(double, float64)
