@@ -130,3 +130,12 @@ def test_build_caches_by_source_and_raises_import_error_when_it_cannot_build(tmp
     with pytest.raises(ImportError, match="no C compiler found \\('no-such-compiler'\\)"):
         build.load_library(source)
     assert built.exists()
+    monkeypatch.delenv("CC")
+    (tmp_path / "read-only").write_text("a file where the cache directory should be")
+    monkeypatch.setenv("SSM_LAB_CACHE_DIR", str(tmp_path / "read-only"))
+    source.write_text("double twice(double x) { return 2 * x; }\n")
+    with pytest.raises(ImportError, match="building or loading .* failed"):
+        build.load_library(source)
+    monkeypatch.setenv("SSM_LAB_CPU_KERNELS", "0")
+    with pytest.raises(ImportError, match="turned off"):
+        build.load_library(source)

@@ -3,11 +3,12 @@
 The library is cached under ``$SSM_LAB_CACHE_DIR`` (default ``~/.cache/ssm_lab/cpu_kernels``), named by a
 hash of the source, the compiler's version, the flags and the CPU (the code is built for the machine it
 runs on, ``-march=native``), so an edited source or another machine gets its own build. The compiler is
-``$CC`` or ``cc``; with OpenMP (``-fopenmp``) where it supports it, else single-threaded. The build is
+``$CC`` or ``cc``, with OpenMP where it supports it, else single-threaded (``ATTEMPTS``). The build is
 written to a temporary file and renamed into place, so processes that start together (a sweep) never load
-a half-written library. Any failure raises ``ImportError`` with the compiler's message: a kernel module
-that imports has a library that loaded. ``SSM_LAB_CPU_KERNELS=0`` in the environment turns the kernels off
-(``load_library`` raises ImportError): the torch paths run instead.
+a half-written library. Any failure (no compiler, a failed build, an unwritable cache) raises
+``ImportError`` with the reason: a kernel module that imports has a library that loaded.
+``SSM_LAB_CPU_KERNELS=0`` in the environment turns the kernels off (``load_library`` raises ImportError):
+the torch paths run instead.
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c11", "-shared", "-fPIC")
-OPENMP = "-fopenmp"
+FLAGS = ("-O3", "-fno-math-errno", "-std=c11", "-shared", "-fPIC")
+#: tried in order until one builds: OpenMP and the machine's vector units; no OpenMP (Apple's clang): one
+#: thread; no -march=native (compilers that do not know it): baseline vector units.
+ATTEMPTS = (("-march=native", "-fopenmp"), ("-march=native",), ())
 
 
 def _cache_dir() -> Path:
@@ -54,21 +57,26 @@ def load_library(source: Path) -> ctypes.CDLL:
         raise ImportError(f"no C compiler found ({os.environ.get('CC', 'cc')!r}) to build {source.name}")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
     key = hashlib.sha256(
-        "\0".join([source.read_text(), version, " ".join(FLAGS), _cpu_signature(), platform.machine()]).encode()
+        "\0".join([source.read_text(), version, repr((FLAGS, ATTEMPTS)), _cpu_signature(), platform.machine()]).encode()
     ).hexdigest()[:16]
-    cache = _cache_dir()
-    target = cache / f"{source.stem}-{key}.so"
-    if not target.exists():
-        cache.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=cache) as scratch:
-            built = Path(scratch) / target.name
-            result = _compile(compiler, source, built, (*FLAGS, OPENMP))
-            if result.returncode != 0:  # e.g. Apple's clang: no OpenMP, the kernels then run on one thread
-                result = _compile(compiler, source, built, FLAGS)
-            if result.returncode != 0:
-                raise ImportError(f"building {source.name} with {compiler} failed:\n{result.stderr[-2000:]}")
-            os.replace(built, target)
+    target = _cache_dir() / f"{source.stem}-{key}.so"
     try:
+        if not target.exists():
+            _build(compiler, source, target)
         return ctypes.CDLL(str(target))
-    except OSError as error:
-        raise ImportError(f"loading {target} failed: {error}") from error
+    except OSError as error:  # an unwritable cache, a library the loader rejects
+        raise ImportError(f"building or loading {target} failed: {error}") from error
+
+
+def _build(compiler: str, source: Path, target: Path) -> None:
+    """Compile ``source`` into ``target`` with the first flags of ``ATTEMPTS`` that work, atomically."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        built = Path(scratch) / target.name
+        for extra in ATTEMPTS:
+            result = _compile(compiler, source, built, (*FLAGS, *extra))
+            if result.returncode == 0:
+                break
+        else:
+            raise ImportError(f"building {source.name} with {compiler} failed:\n{result.stderr[-2000:]}")
+        os.replace(built, target)
