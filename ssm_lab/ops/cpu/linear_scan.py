@@ -72,11 +72,12 @@ def linear_scan_adjoint(
     a: Tensor, h: Tensor, h0: Tensor | None, grad_h: Tensor
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """(grad_a, grad_b, grad_h0) of ``linear_scan`` from its states ``h`` and dLoss/dh in one pass: what its
-    autograd node runs, callable by a fused node that kept the states itself. a: contiguous (1 or B, 1 or L, N)
-    in h's dtype; grad_a comes in a's shape."""
+    autograd node runs, callable by a fused node that kept the states itself. a: (1 or B, 1 or L, N) in h's
+    dtype; grad_a comes in a's shape."""
     batch, length, channels = h.shape
+    a, h, grad_h = a.contiguous(), h.contiguous(), grad_h.to(h.dtype).contiguous()
+    h0 = None if h0 is None else h0.contiguous()
     a_stride_batch, a_stride_time = _a_strides(a, batch, length, channels)
-    grad_h = grad_h.to(h.dtype).contiguous()
     grad_b = torch.empty_like(h)
     grad_a = torch.empty((batch, length, channels) if a_stride_time else (batch, 1, channels), dtype=h.dtype)
     grad_h0 = None if h0 is None else torch.empty_like(h0)
