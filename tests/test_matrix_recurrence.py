@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+import ssm_lab.ops.matrix_scan as matrix_scan
 from ssm_lab.ops.matrix_scan import (
     MODES,
+    bilinear_recurrence,
     matrix_recurrence,
     matrix_recurrence_ref,
     matrix_recurrence_scan,
@@ -46,6 +48,48 @@ def test_every_path_matches_the_loop_outputs_and_gradients(path, with_h0, length
         results.append((states, *torch.autograd.grad((states * weights).sum(), leaves, materialize_grads=True)))
     for ours, reference in zip(results[1], results[0], strict=True):
         assert torch.allclose(ours, reference, **TOLERANCES[dtype])
+
+
+def _recording(function, calls: list):
+    def recorded(*args, **kwargs):
+        calls.append(function.__name__)
+        return function(*args, **kwargs)
+
+    return recorded
+
+
+@pytest.mark.parametrize("loops", ["c", "python"])
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("length", [1, 7, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sequential_time_loops_in_c_and_python_match_the_loop(loops, with_h0, length, dtype, monkeypatch):
+    """The CPU sequential paths (affine maps and the bilinear maps of IDS4) with their time loops in C
+    (ssm_lab.ops.cpu.matrix_recurrence) and in Python: outputs and every gradient against the loop reference."""
+    calls = []
+    if loops == "python":
+        monkeypatch.setattr(matrix_scan, "cpu_loops", None)
+    else:
+        if matrix_scan.cpu_loops is None:
+            pytest.skip(f"the C loops were not built: {matrix_scan.CPU_LOOPS_UNAVAILABLE}")
+        for name in ("affine_steps", "bilinear_forward", "bilinear_adjoint"):
+            monkeypatch.setattr(matrix_scan.cpu_loops, name, _recording(getattr(matrix_scan.cpu_loops, name), calls))
+    M, v, h0, weights, leaves = problem(length, dtype, with_h0)
+    # dt/2 A with its spectrum in the left half-plane: the bilinear maps contract, the states stay O(1)
+    half_step_A = (0.3 * M - 0.3 * torch.eye(M.shape[-1], dtype=dtype)).detach().requires_grad_()
+    pairs = [
+        (lambda: matrix_recurrence_sequential(M, v, h0), lambda: matrix_recurrence_ref(M, v, h0), leaves),
+        (lambda: bilinear_recurrence(half_step_A, v, h0, mode="sequential"),
+         lambda: bilinear_recurrence(half_step_A, v, h0, mode="loop"), [half_step_A, *leaves[1:]]),
+    ]  # fmt: skip
+    for ours, reference, inputs in pairs:
+        results = []
+        for run in (ours, reference):
+            states = run()
+            results.append((states, *torch.autograd.grad((states * weights).sum(), inputs, materialize_grads=True)))
+        for got, expected in zip(*results, strict=True):
+            assert torch.allclose(got, expected, **TOLERANCES[dtype])
+    if loops == "c":
+        assert calls == ["affine_steps", "affine_steps", "bilinear_forward", "bilinear_adjoint"]
 
 
 def test_sequential_gradient_of_v_and_h0_alone():

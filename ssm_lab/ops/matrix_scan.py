@@ -24,6 +24,12 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+CPU_LOOPS_UNAVAILABLE: str | None = None
+try:  # the time loops in C, compiled on first import (ssm_lab.ops.cpu.build); else the Python loops below
+    from ssm_lab.ops.cpu import matrix_recurrence as cpu_loops
+except ImportError as error:
+    cpu_loops, CPU_LOOPS_UNAVAILABLE = None, str(error)
+
 __all__ = [
     "AUTO_EXP_BATCH",
     "MODES",
@@ -99,6 +105,12 @@ def matrix_recurrence_sequential(M: Tensor, v: Tensor, h0: Tensor | None = None)
     return _SequentialRecurrence.apply(M, v, h0)
 
 
+def _in_c(*tensors: Tensor | None) -> bool:
+    """Whether the time loops run in C (``ssm_lab.ops.cpu.matrix_recurrence``): built, and CPU tensors of one
+    float dtype it takes; else the Python loops (the same steps, a few tensor operations each)."""
+    return cpu_loops is not None and cpu_loops.applies(*tensors)
+
+
 def _affine_steps(matrix: Callable[[int], Tensor], v: Tensor, times: range, h: Tensor | None) -> Tensor:
     """h <- matrix(t) h + v_t for t in ``times`` from h (None: zero, so the first step gives v_t);
     every state in time order, (B, L, N), with no autograd graph."""
@@ -116,7 +128,10 @@ class _SequentialRecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, M: Tensor, v: Tensor, h0: Tensor | None) -> Tensor:
-        states = _affine_steps(lambda t: M[:, t], v, range(v.shape[1]), h0)
+        if _in_c(M, v, h0):
+            states = cpu_loops.affine_steps(M, v, h0)
+        else:
+            states = _affine_steps(lambda t: M[:, t], v, range(v.shape[1]), h0)
         ctx.save_for_backward(M, states, h0)
         return states
 
@@ -124,7 +139,10 @@ class _SequentialRecurrence(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_states: Tensor) -> tuple[Tensor | None, Tensor, Tensor | None]:
         M, states, h0 = ctx.saved_tensors
-        g = _affine_steps(lambda t: M[:, t + 1].mT, grad_states, range(states.shape[1] - 1, -1, -1), None)
+        if _in_c(M, grad_states):
+            g = cpu_loops.affine_steps(M, grad_states, None, reverse=True)
+        else:
+            g = _affine_steps(lambda t: M[:, t + 1].mT, grad_states, range(states.shape[1] - 1, -1, -1), None)
         grad_M = None
         if ctx.needs_input_grad[0]:
             initial = torch.zeros_like(states[:, :1]) if h0 is None else h0.unsqueeze(1)
@@ -189,11 +207,14 @@ class _BilinearRecurrence(torch.autograd.Function):
     def forward(ctx, half_step_A: Tensor, inputs: Tensor, h0: Tensor | None) -> Tensor:
         eye = torch.eye(inputs.shape[-1], dtype=inputs.dtype, device=inputs.device)
         factors, pivots = torch.linalg.lu_factor(eye - half_step_A)
-        h = torch.zeros_like(inputs[:, 0]) if h0 is None else h0
-        states = torch.empty_like(inputs)
-        for t in range(inputs.shape[1]):
-            z = torch.linalg.lu_solve(factors[:, t], pivots[:, t], torch.add(inputs[:, t], h, alpha=2).unsqueeze(-1))
-            h = torch.sub(z.squeeze(-1), h, out=states[:, t])
+        if _in_c(factors, inputs, h0):
+            states = cpu_loops.bilinear_forward(factors, pivots, inputs, h0)
+        else:
+            h = torch.zeros_like(inputs[:, 0]) if h0 is None else h0
+            states = torch.empty_like(inputs)
+            for t in range(inputs.shape[1]):
+                rhs = torch.add(inputs[:, t], h, alpha=2).unsqueeze(-1)
+                h = torch.sub(torch.linalg.lu_solve(factors[:, t], pivots[:, t], rhs).squeeze(-1), h, out=states[:, t])
         ctx.save_for_backward(factors, pivots, states, h0)
         return states
 
@@ -201,13 +222,16 @@ class _BilinearRecurrence(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_states: Tensor) -> tuple[Tensor | None, Tensor, Tensor | None]:
         factors, pivots, states, h0 = ctx.saved_tensors
-        q = torch.empty_like(grad_states)
-        to_earlier = torch.zeros_like(grad_states[:, 0])  # g_{t+1} - 2 q_{t+1}, what step t's gradient loses
-        for t in range(grad_states.shape[1] - 1, -1, -1):
-            g = torch.sub(grad_states[:, t], to_earlier)
-            q_t = torch.linalg.lu_solve(factors[:, t], pivots[:, t], g.unsqueeze(-1), adjoint=True).squeeze(-1)
-            q[:, t] = q_t
-            to_earlier = torch.add(g, q_t, alpha=-2)
+        if _in_c(factors, grad_states):
+            q, to_earlier = cpu_loops.bilinear_adjoint(factors, pivots, grad_states)
+        else:
+            q = torch.empty_like(grad_states)
+            to_earlier = torch.zeros_like(grad_states[:, 0])  # g_{t+1} - 2 q_{t+1}, what step t's gradient loses
+            for t in range(grad_states.shape[1] - 1, -1, -1):
+                g = torch.sub(grad_states[:, t], to_earlier)
+                q_t = torch.linalg.lu_solve(factors[:, t], pivots[:, t], g.unsqueeze(-1), adjoint=True).squeeze(-1)
+                q[:, t] = q_t
+                to_earlier = torch.add(g, q_t, alpha=-2)
         grad_half_step_A = None
         if ctx.needs_input_grad[0]:
             initial = torch.zeros_like(states[:, :1]) if h0 is None else h0.unsqueeze(1)
