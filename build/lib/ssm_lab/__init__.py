@@ -1,1 +1,0 @@
-"""ssm_lab: train, sweep and compare deep state-space models on the standard SSM benchmarks."""

@@ -1,1 +1,0 @@
-"""Speed and memory benchmarks (run on a GPU; results appended to benchmarks/results/<date>-<device>.jsonl)."""

@@ -1,1 +1,0 @@
-"""Dataset families: one LightningDataModule per module, each declaring its TaskSpec."""

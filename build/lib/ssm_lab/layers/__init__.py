@@ -1,1 +1,0 @@
-"""Static (per-position, channel-mixing) layers placed between recurrent cores."""

@@ -1,1 +1,0 @@
-"""Pure tensor functions (no module state): linear recurrences, convolutions, signatures."""
