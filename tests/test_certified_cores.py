@@ -240,11 +240,16 @@ def test_tv_step_matrices_are_contractions():
     assert torch.isfinite(gradient).all()
 
 
+@pytest.mark.parametrize("steps", ["c", "torch"])  # the step matrices by the C kernel or the torch passes
 @pytest.mark.parametrize("mode", ["scan", "chunked", "torch_scan"])
 @pytest.mark.parametrize("with_h0", [False, True])
 @pytest.mark.parametrize("spread", [0.1, 2.0, 6.0])  # small pre-activations: norms < 1; large: most > 1
-def test_tv_fused_recurrence_equals_the_reference_in_values_and_gradients(mode, with_h0, spread):
+def test_tv_fused_recurrence_equals_the_reference_in_values_and_gradients(steps, mode, with_h0, spread, monkeypatch):
     """Both outputs (readout z and the states) used by the loss, so both incoming gradients matter."""
+    if steps == "torch":
+        monkeypatch.setattr(tv_module, "cpu_steps", None)
+    elif tv_module.cpu_steps is None:
+        pytest.skip("the C step kernels were not built")
     generator = torch.Generator().manual_seed(int(10 * spread))
     batch, length, n = 2, 45, 5
 
@@ -255,6 +260,7 @@ def test_tv_fused_recurrence_equals_the_reference_in_values_and_gradients(mode, 
     inputs = [sample(3, batch, length, n, scale=spread), sample(batch, length, n), h0, sample(n), sample(n)]
     weights = [torch.randn(batch, length, n, generator=generator, dtype=torch.float64) for _ in range(2)]
     differentiable = [tensor for tensor in inputs if tensor is not None]
+    assert (tv_module._steps_kernel(inputs[0], inputs[1]) is None) == (steps == "torch")
     results = []
     for outputs in (tv_recurrence(*inputs, mode=mode), tv_recurrence_ref(*inputs)):
         loss = sum((output * weight).sum() for output, weight in zip(outputs, weights, strict=True))
