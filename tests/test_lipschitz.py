@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from ssm_lab.layers.glu import GLU
-from ssm_lab.layers.lipschitz import LGLU, LMLP, TLIP, LinearFF, gated_tanh, gated_tanh_ref, group_sort_2
+from ssm_lab.layers.lipschitz import LGLU, LMLP, TLIP, LinearFF, group_sort_2
 from ssm_lab.layers.mlp import MLP
+from ssm_lab.ops.activations import gated_tanh, gated_tanh_ref
 
 D_MODEL = 6
 CERTIFIED = {

@@ -13,7 +13,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ssm_lab.ops.activations import fast_tanh
+from ssm_lab.layers.base import StaticLayer
+from ssm_lab.ops.activations import gated_tanh
+from ssm_lab.ops.gated_residual import gated_residual
 from ssm_lab.ops.spectral import normalize_to_contraction
 
 # d/da [tanh(a) sigmoid(b)] is in [0, 1] and d/db in [-1/4, 1/4]: see LGLU
@@ -39,9 +41,10 @@ class ContractiveLinear(nn.Module):
         return self.forward_and_norm(x)[0]
 
 
-class _ScaledLipschitz(nn.Module):
+class _ScaledLipschitz(StaticLayer):
     """A learnable Lipschitz level exp(log_lipschitz) > 0. Subclasses define
-    ``forward_and_lipschitz_bound(x) -> (f(x), bound)``: the bound comes with the weights' normalisation."""
+    ``forward_and_lipschitz_bound(x) -> (f(x), bound)``: the bound comes with the weights' normalisation;
+    ``residual_and_lipschitz_bound(x, scale) -> (x + scale f(x), bound)`` may fuse the residual add."""
 
     def __init__(self, d_model: int, lipschitz: float) -> None:
         super().__init__()
@@ -59,6 +62,13 @@ class _ScaledLipschitz(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_and_lipschitz_bound(x)[0]
+
+    def residual_and_lipschitz_bound(self, x: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+        output, bound = self.forward_and_lipschitz_bound(x)
+        return torch.addcmul(x, scale, output), bound
+
+    def residual(self, x: Tensor, scale: Tensor) -> Tensor:
+        return self.residual_and_lipschitz_bound(x, scale)[0]
 
     def lipschitz_bound(self) -> Tensor:
         """The bound alone: on an empty batch the forward pass only normalises the weights."""
@@ -127,46 +137,6 @@ class TLIP(_ScaledLipschitz):
         return self.lipschitz * x, bound
 
 
-def gated_tanh_ref(projected: Tensor, scale: Tensor) -> Tensor:
-    """scale tanh(v) sigmoid(g) for (v, g) the two halves of projected's last axis, by autograd through
-    each operation: the reference twin of ``gated_tanh``."""
-    value, gate = projected.chunk(2, dim=-1)
-    return scale * torch.tanh(value) * torch.sigmoid(gate)
-
-
-def gated_tanh(projected: Tensor, scale: Tensor) -> Tensor:
-    """``gated_tanh_ref`` as one autograd node (LGLU's activation): projected (..., 2d), scale () -> (..., d)."""
-    return _GatedTanh.apply(projected, scale)
-
-
-class _GatedTanh(torch.autograd.Function):
-    """Forward keeps t = tanh(v) and s = sigmoid(g); backward, with dy the incoming gradient:
-    dL/dscale = sum(dy t s), dL/dg = scale (dy t s)(1 - s), dL/dv = scale dy s (1 - t^2), written into
-    the two halves of one (..., 2d) buffer (no concatenation). About half the fresh buffers of the
-    autograd graph of ``gated_tanh_ref``, and tanh by ``fast_tanh``."""
-
-    @staticmethod
-    def forward(ctx, projected: Tensor, scale: Tensor) -> Tensor:
-        value, gate = projected.chunk(2, dim=-1)
-        tanh_value = fast_tanh(value)
-        sigmoid_gate = torch.sigmoid(gate)
-        ctx.save_for_backward(tanh_value, sigmoid_gate, scale)
-        return torch.mul(tanh_value, sigmoid_gate).mul_(scale)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
-        tanh_value, sigmoid_gate, scale = ctx.saved_tensors
-        grad_projected = grad.new_empty(*grad.shape[:-1], 2 * grad.shape[-1])
-        grad_value, grad_gate = grad_projected.chunk(2, dim=-1)
-        product = torch.mul(tanh_value, sigmoid_gate).mul_(grad)  # dy t s
-        grad_scale = product.sum()
-        torch.addcmul(product, product, sigmoid_gate, value=-1, out=grad_gate).mul_(scale)  # scale dy t s (1 - s)
-        derivative = torch.mul(tanh_value, tanh_value, out=product).neg_().add_(1)  # 1 - t^2, in a free buffer
-        torch.mul(grad, sigmoid_gate, out=grad_value).mul_(derivative).mul_(scale)
-        return grad_projected, grad_scale.to(scale.dtype)
-
-
 class LGLU(_ScaledLipschitz):
     """Lipschitz gated unit: x -> s tanh(W_v x) * sigmoid(W_g x), [W_v; W_g] = W with ||W||_2 <= 1.
 
@@ -188,3 +158,9 @@ class LGLU(_ScaledLipschitz):
     def forward_and_lipschitz_bound(self, x: Tensor) -> tuple[Tensor, Tensor]:
         projected, norm = self.linear.forward_and_norm(x)
         return gated_tanh(projected, self.lipschitz), self.lipschitz * _LGLU_CONSTANT * norm
+
+    def residual_and_lipschitz_bound(self, x: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+        """x + scale LGLU(x) in one fused pass where it applies (``ssm_lab.ops.gated_residual``), and the bound."""
+        weight, norm = self.linear.contraction()
+        lipschitz = self.lipschitz
+        return gated_residual(x, weight, None, lipschitz, scale, saturate=True), lipschitz * _LGLU_CONSTANT * norm

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ssm_lab.layers.base import StaticLayer
 from ssm_lab.ops.spectral import spectral_norm_bound
 
 # max_x d/dx [x Phi(x)] = Phi(sqrt 2) + sqrt 2 phi(sqrt 2): the Lipschitz constant of GELU
 GELU_LIPSCHITZ = 1.129  # 1.12890..., rounded up
 
 
-class MLP(nn.Module):
+class MLP(StaticLayer):
     """x: (..., d_model) -> (..., d_model)."""
 
     def __init__(self, d_model: int, expand: int = 4) -> None:

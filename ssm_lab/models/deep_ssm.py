@@ -83,12 +83,12 @@ class SSL(nn.Module):
         return (z if fold else torch.addcmul(x, alpha, z)), state, gain
 
     def _feedforward_residual(self, x: Tensor, with_bound: bool) -> tuple[Tensor, Tensor | None]:
-        """(x + beta FF(x), the static layer's Lipschitz bound when ``with_bound``)."""
+        """(x + beta FF(x), the static layer's Lipschitz bound when ``with_bound``): the layer adds the residual
+        itself (``StaticLayer.residual``), GLU and LGLU in their own last pass."""
+        beta = torch.sigmoid(self.feedforward_mix_logit)
         if with_bound:
-            f, bound = self.feedforward.forward_and_lipschitz_bound(x)
-        else:
-            f, bound = self.feedforward(x), None
-        return torch.addcmul(x, torch.sigmoid(self.feedforward_mix_logit), f), bound  # x + beta f, one pass
+            return self.feedforward.residual_and_lipschitz_bound(x, beta)
+        return self.feedforward.residual(x, beta), None
 
     def _call(self, function: Callable[..., Any], *args: Any) -> Any:
         """function(*args); with ``checkpoint`` (and gradients on) its activations are not kept but

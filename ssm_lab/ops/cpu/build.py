@@ -1,14 +1,14 @@
 """Compile a C kernel of this package into a shared library on first use and load it with ctypes.
 
 The library is cached under ``$SSM_LAB_CACHE_DIR`` (default ``~/.cache/ssm_lab/cpu_kernels``), named by a
-hash of the source, the compiler's version, the flags and the CPU (the code is built for the machine it
-runs on, ``-march=native``), so an edited source or another machine gets its own build. The compiler is
-``$CC`` or ``cc``, with OpenMP where it supports it, else single-threaded (``ATTEMPTS``). The build is
-written to a temporary file and renamed into place, so processes that start together (a sweep) never load
-a half-written library. Any failure (no compiler, a failed build, an unwritable cache) raises
-``ImportError`` with the reason: a kernel module that imports has a library that loaded.
-``SSM_LAB_CPU_KERNELS=0`` in the environment turns the kernels off (``load_library`` raises ImportError):
-the torch paths run instead.
+hash of the source and the headers beside it, the compiler's version, the flags and the CPU (the code is
+built for the machine it runs on, ``-march=native``), so an edited source or another machine gets its own
+build. The compiler is ``$CC`` or ``cc``, with OpenMP where it supports it, else single-threaded
+(``ATTEMPTS``). The build is written to a temporary file and renamed into place, so processes that start
+together (a sweep) never load a half-written library. Any failure (no compiler, a failed build, an
+unwritable cache) raises ``ImportError`` with the reason: a kernel module that imports has a library that
+loaded. ``SSM_LAB_CPU_KERNELS=0`` in the environment turns the kernels off (``load_library`` raises
+ImportError): the torch paths run instead.
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ def load_library(source: Path) -> ctypes.CDLL:
     if compiler is None:
         raise ImportError(f"no C compiler found ({os.environ.get('CC', 'cc')!r}) to build {source.name}")
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
-    key = hashlib.sha256(
-        "\0".join([source.read_text(), version, repr((FLAGS, ATTEMPTS)), _cpu_signature(), platform.machine()]).encode()
-    ).hexdigest()[:16]
+    headers = [header.read_text() for header in sorted(source.parent.glob("*.h"))]  # what it may #include
+    parts = [source.read_text(), *headers, version, repr((FLAGS, ATTEMPTS)), _cpu_signature(), platform.machine()]
+    key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
     target = _cache_dir() / f"{source.stem}-{key}.so"
     try:
         if not target.exists():

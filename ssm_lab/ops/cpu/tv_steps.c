@@ -13,59 +13,13 @@
  * gradients are contiguous (T, N). Tokens are split over the OpenMP threads in blocks of ROWS; inside a
  * block the channels are walked in tiles of TILE with the tile's lanes vectorised.
  *
- * float32 uses exp and log1p written here (below), which the compiler vectorises (libm's are scalar calls);
+ * float32 uses the exp and log1p of fastmath.h, which the compiler vectorises (libm's are scalar calls);
  * float64 uses libm's. tanh is 2 sigmoid(2 x) - 1, as in the Triton kernels.
  */
-#include <math.h>
-#include <stdint.h>
-#include <string.h>
+#include "fastmath.h"
 
 #define ROWS 256
 #define TILE 64
-
-/* e^x for float: x = k ln2 + r with |r| <= ln2 / 2 (ln2 split in a high part exact in float and a low
- * part, Cody & Waite), e^r by its Taylor polynomial to degree 7 (remainder r^8 / 8! < 2e-9 relative),
- * times 2^k built in the exponent bits. x is clamped to [-87.3, 88.7] so that 2^k stays a normal float: the
- * result is then within 1.2e-38 of e^x below the range and FLT_MAX-sized above it. */
-static inline float exp_float32(float x) {
-  x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
-  float k = rintf(x * 1.44269504088896341f);
-  float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
-  float p = 1.f / 5040.f;
-  p = p * r + 1.f / 720.f;
-  p = p * r + 1.f / 120.f;
-  p = p * r + 1.f / 24.f;
-  p = p * r + 1.f / 6.f;
-  p = p * r + 0.5f;
-  p = p * r + 1.f;
-  p = p * r + 1.f;
-  int32_t bits = ((int32_t)k + 127) << 23;
-  float scale;
-  memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
-
-/* log(1 + y) for float y in [0, 1]: with f = y / (2 + y) in [0, 1/3], log(1 + y) = log((1 + f) / (1 - f))
- * = 2 (f + f^3 / 3 + f^5 / 5 + ...), summed to f^17 (the next term is below 1.5e-10 relative). f comes from
- * y directly, so tiny y keep full relative precision (log1p(y) ~ y). */
-static inline float log1p_float32(float y) {
-  float f = y / (2.f + y), w = f * f;
-  float p = 1.f / 17.f;
-  p = p * w + 1.f / 15.f;
-  p = p * w + 1.f / 13.f;
-  p = p * w + 1.f / 11.f;
-  p = p * w + 1.f / 9.f;
-  p = p * w + 1.f / 7.f;
-  p = p * w + 1.f / 5.f;
-  p = p * w + 1.f / 3.f;
-  p = p * w + 1.f;
-  return 2.f * f * p;
-}
-
-static inline float sqrt_float32(float x) { return sqrtf(x); }
-static inline double exp_float64(double x) { return exp(x); }
-static inline double log1p_float64(double y) { return log1p(y); }
-static inline double sqrt_float64(double x) { return sqrt(x); }
 
 #define DEFINE_TV_STEPS(T, SUFFIX)                                                                             \
   /* torch's softplus (beta 1, threshold 20) */                                                                \
@@ -73,7 +27,6 @@ static inline double sqrt_float64(double x) { return sqrt(x); }
     T magnitude = x < 0 ? -x : x;                                                                              \
     return x > 20 ? x : (x > 0 ? x : 0) + log1p_##SUFFIX(exp_##SUFFIX(-magnitude));                            \
   }                                                                                                            \
-  static inline T sigmoid_##SUFFIX(T x) { return 1 / (1 + exp_##SUFFIX(-x)); }                                 \
                                                                                                                \
   /* delta_bias and softplus(alpha) of the channels n0 .. n0 + lanes - 1 */                                    \
   static inline void channel_parameters_##SUFFIX(const T *delta_bias, const T *alpha, long n0, long lanes,     \

@@ -1,0 +1,65 @@
+"""x + r s act(v) sigmoid(g) as one operation (GLU, LGLU and the residual add of a DeepSSM block): the C kernel
+path and the torch path against the plain autograd twin, values and every gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import ssm_lab.ops.gated_residual as gated_module
+from ssm_lab.ops.gated_residual import gated_residual, gated_residual_ref
+
+
+def _inputs(dtype: torch.dtype, with_bias: bool, with_layer_scale: bool, rows: int = 7, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+
+    def sample(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (scale * torch.randn(*shape, generator=generator, dtype=torch.float64)).to(dtype).requires_grad_()
+
+    d = 5
+    x, weight = sample(3, rows, d), sample(2 * d, d, scale=2.0)  # pre-activations of a few units: both tails
+    bias = sample(2 * d) if with_bias else None
+    layer_scale = sample(()).detach().abs().add(0.5).requires_grad_() if with_layer_scale else None
+    residual_scale = torch.tensor(0.7, dtype=dtype, requires_grad=True)
+    return x, weight, bias, layer_scale, residual_scale
+
+
+@pytest.mark.parametrize("path", ["c", "torch"])
+@pytest.mark.parametrize("saturate", [False, True], ids=["glu", "lglu"])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rows", [0, 7, 300])  # none (the bound's empty batch), one block, two blocks
+def test_gated_residual_matches_its_autograd_twin(path, saturate, with_bias, dtype, rows, monkeypatch):
+    calls = []
+    if path == "torch":
+        monkeypatch.setattr(gated_module, "cpu_gated", None)
+    elif gated_module.cpu_gated is None:
+        pytest.skip("the C kernel was not built")
+    else:
+        kernel = gated_module.cpu_gated.forward
+        monkeypatch.setattr(gated_module.cpu_gated, "forward", lambda *args: calls.append(1) or kernel(*args))
+    inputs = _inputs(dtype, with_bias, with_layer_scale=saturate, rows=rows, seed=rows)
+    leaves = [t for t in inputs if t is not None]
+    weights = torch.randn(3, rows, 5, dtype=dtype)
+    results = []
+    for function in (gated_residual, gated_residual_ref):
+        y = function(*inputs, saturate=saturate)
+        results.append((y, *torch.autograd.grad((y * weights).sum(), leaves, materialize_grads=True)))
+    tolerance = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-10, "atol": 1e-12}
+    for got, expected in zip(*results, strict=True):
+        assert got.dtype == expected.dtype and got.shape == expected.shape
+        torch.testing.assert_close(got, expected, **tolerance)
+    assert calls == ([1] if path == "c" else [])
+
+
+def test_autocast_takes_the_torch_path(monkeypatch):
+    """Under bf16 autocast the GEMM's output is bf16, which the kernel does not take: the torch path runs."""
+    if gated_module.cpu_gated is None:
+        pytest.skip("the C kernel was not built")
+    monkeypatch.setattr(gated_module.cpu_gated, "forward", lambda *args: pytest.fail("the C kernel ran"))
+    x, weight, bias, _, residual_scale = _inputs(torch.float32, True, False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = gated_residual(x, weight, bias, None, residual_scale, saturate=False)
+    assert y.dtype == torch.float32  # the residual stream stays float32
+    reference = gated_residual_ref(x, weight, bias, None, residual_scale, False)
+    assert (y - reference).norm() <= 1e-2 * reference.norm()  # bf16's rounding of the GEMM
