@@ -134,3 +134,24 @@ def test_gated_tanh_node_equals_its_autograd_twin(dtype):
     torch.testing.assert_close(got, want, **tolerance)
     if dtype == torch.float64:
         assert torch.autograd.gradcheck(gated_tanh, (projected[:2, :3], scale))
+
+
+@pytest.mark.parametrize("name", ["GLU", "MLP", *CERTIFIED])
+def test_residual_is_x_plus_scale_times_the_layer(name):
+    """StaticLayer.residual (fused for GLU and LGLU) == x + scale f(x) in values and in the gradients of x, the
+    scale and every parameter; the certified layers' residual_and_lipschitz_bound gives the same bound."""
+    torch.manual_seed(0)
+    layer = (GLU(D_MODEL) if name == "GLU" else MLP(D_MODEL) if name == "MLP" else CERTIFIED[name]()).double()
+    x = torch.randn(2, 9, D_MODEL, dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 9, D_MODEL, dtype=torch.float64)
+    leaves = [x, scale, *layer.parameters()]
+    results = []
+    for y in (layer.residual(x, scale), x + scale * layer(x)):
+        results.append((y, *torch.autograd.grad((y * weights).sum(), leaves)))
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected)
+    if name in CERTIFIED:
+        y, bound = layer.residual_and_lipschitz_bound(x, scale)
+        torch.testing.assert_close(y, results[1][0])
+        torch.testing.assert_close(bound, layer.lipschitz_bound())
