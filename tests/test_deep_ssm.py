@@ -179,16 +179,22 @@ def test_checkpointing_changes_memory_not_results(gamma):
     assert saved[True] < saved[False] / 3  # the blocks' activations are recomputed, not kept
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("param", ["lru", "l2n", "tv", "l2ru"])
-def test_residual_stream_stays_float32_under_autocast(param):
+def test_residual_stream_stays_float32_under_autocast(param, device):
     """Under bf16 autocast the cores' products run in bf16; the skip x + alpha Core(x) must still be
-    added in float32 (not folded into a bf16 product), so every block hands on a float32 stream."""
-    model = make(param)
-    x = model.encoder(torch.randn(2, 9, 3))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    added in float32 (not folded into a bf16 product), so every block hands on a float32 stream; the
+    whole network trains (finite outputs and gradients)."""
+    model = make(param).to(device)
+    u = torch.randn(2, 9, 3, device=device)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        x = model.encoder(u).float()
         for block in model.blocks:
             x, _, _ = block(x, None, "scan", None)
             assert x.dtype == torch.float32
+        y, _ = model(u)
+    gradients = torch.autograd.grad(y.float().square().sum(), list(model.parameters()), allow_unused=True)
+    assert torch.isfinite(y).all() and all(torch.isfinite(g).all() for g in gradients if g is not None)
 
 
 @pytest.mark.gpu

@@ -83,7 +83,12 @@ class L2RU(nn.Module):
             self.register_buffer("log_gamma", log_gamma)
 
     def system(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(A: (N, N), B: (N, H), C: (H, N), D: (H, H)) satisfying the bounded real lemma for gamma."""
+        """(A: (N, N), B: (N, H), C: (H, N), D: (H, H)) satisfying the bounded real lemma for gamma, in the
+        parameters' precision even under autocast (in bf16 the lemma, and so the certificate, would not hold)."""
+        with torch.autocast(self.X.device.type, enabled=False):
+            return self._system()
+
+    def _system(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         n, m = self.d_state, self.d_model
         gamma = torch.exp(self.log_gamma)
         eye_n = torch.eye(n, dtype=self.X.dtype, device=self.X.device)

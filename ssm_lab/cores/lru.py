@@ -50,9 +50,13 @@ def diagonal_recurrence_conv(eigenvalues: Tensor, drive: Tensor, h0: Tensor | No
 def complex_drive(x: Tensor, B: Tensor) -> Tensor:
     """B x for real x: (B, L, H) and complex B: (N, H) -> (B, L, N) complex, as ONE real matmul
     with the rows (Re B_n, Im B_n) interleaved, whose (..., N, 2) output views as complex for free:
-    half the work of casting x to complex and multiplying complex matrices."""
+    half the work of casting x to complex and multiplying complex matrices. Under autocast the matmul
+    runs in half precision and its output is cast to float32 (complex has no half type): fp32 state."""
     interleaved = torch.view_as_real(B).transpose(1, 2).reshape(2 * B.shape[0], B.shape[1])
-    return torch.view_as_complex((x @ interleaved.transpose(0, 1)).unflatten(-1, (-1, 2)))
+    product = x @ interleaved.transpose(0, 1)
+    if product.dtype not in (torch.float32, torch.float64):  # autocast's half-precision GEMM: the state is float32
+        product = product.float()
+    return torch.view_as_complex(product.unflatten(-1, (-1, 2)))
 
 
 def real_readout(states: Tensor, C: Tensor, skip: Tensor | None = None) -> Tensor:
