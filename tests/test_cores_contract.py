@@ -221,6 +221,21 @@ def test_gru_sequence_equals_torch_gru_in_values_and_every_gradient(dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("name", list(CORES))
+def test_every_core_trains_under_bf16_autocast_on_cuda(name):
+    """Mixed precision (trainer precision bf16-mixed): forward and backward run, outputs and every gradient
+    finite (S4's complex kernel product and IDS4's LU once failed on autocast's bf16 GEMM outputs)."""
+    torch.manual_seed(0)
+    core = CORES[name](D_MODEL).cuda()
+    x = inputs().float().cuda().requires_grad_()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        y, state = core(x)
+    gradients = torch.autograd.grad(y.float().square().mean(), [x, *core.parameters()], allow_unused=True)
+    assert torch.isfinite(y).all() and torch.isfinite(state).all()
+    assert all(torch.isfinite(gradient).all() for gradient in gradients if gradient is not None)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("name", ["mamba", "mamba_signed"])
 def test_mamba_kernel_mode_matches_loop_on_gpu(name):
     torch.manual_seed(0)

@@ -61,7 +61,12 @@ class IDS4(nn.Module):
         """(dt/2 A(x_t): (..., N, N), dt B x_t: (..., N)), what the bilinear maps are made of.
 
         dt_t/2 A(x_t) = sum_i e_t,i W_i with e_t = tau_t (1, x_t) and W = dt/2 (A_0, A_1, ..., A_H): one product
-        of the (1 + H)-channel increments with the scaled weights, no pass over the (..., N, N) result."""
+        of the (1 + H)-channel increments with the scaled weights, no pass over the (..., N, N) result. In the
+        parameters' precision even under autocast: the maps are factorised (LU) and multiplied L times."""
+        with torch.autocast(x.device.type, enabled=False):
+            return self._terms(x.to(self.A_0.dtype), timesteps)
+
+    def _terms(self, x: Tensor, timesteps: Tensor | None) -> tuple[Tensor, Tensor]:
         time = torch.ones_like(x[..., :1]) if timesteps is None else timesteps.unsqueeze(-1).to(x.dtype)
         increments = torch.cat([time, time * x], dim=-1)
         dt = torch.exp(self.log_dt)

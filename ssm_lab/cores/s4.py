@@ -373,6 +373,7 @@ class S4(nn.Module):
         padded[..., chunks * chunk - length :] = x.permute(2, 0, 1)
         # real x times complex kernel as one real product over the interleaved (real, imag) columns
         sums = padded.view(heads, batch * chunks, chunk) @ torch.view_as_real(kernel).flatten(-2)
+        sums = sums.to(kernel.real.dtype)  # autocast's half-precision product back to the state's precision
         sums = torch.view_as_complex(sums.unflatten(-1, (-1, 2))).unflatten(1, (batch, chunks))  # (H, B, J, N)
         step = powers.chunk_step(chunk_bits)
         final = sums[:, :, 0]
