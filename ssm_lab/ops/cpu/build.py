@@ -20,7 +20,10 @@ import platform
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import torch
 
 FLAGS = ("-O3", "-fno-math-errno", "-std=c11", "-shared", "-fPIC")
 #: tried in order until one builds: OpenMP and the machine's vector units; no OpenMP (Apple's clang): one
@@ -80,3 +83,23 @@ def _build(compiler: str, source: Path, target: Path) -> None:
         else:
             raise ImportError(f"building {source.name} with {compiler} failed:\n{result.stderr[-2000:]}")
         os.replace(built, target)
+
+
+#: ctypes types of the kernels' arguments: pointers (a tensor's data_ptr() or None), sizes and strides, flags,
+#: and the scalar type of each dtype's real part.
+POINTER, LONG, INT = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
+REAL = {torch.float32: ctypes.c_float, torch.float64: ctypes.c_double,
+        torch.complex64: ctypes.c_float, torch.complex128: ctypes.c_double}  # fmt: skip
+
+
+def bind(
+    library: ctypes.CDLL, prefix: str, dtypes: Sequence[torch.dtype], argtypes: Callable[[type], list]
+) -> dict[torch.dtype, Callable]:
+    """{dtype: the void C function ``<prefix>_<dtype name>`` of ``library``} (``scan_forward_float32``, ...), each
+    with its argument types ``argtypes(REAL[dtype])`` set."""
+    functions = {}
+    for dtype in dtypes:
+        function = getattr(library, f"{prefix}_{str(dtype).removeprefix('torch.')}")
+        function.argtypes, function.restype = argtypes(REAL[dtype]), None
+        functions[dtype] = function
+    return functions

@@ -5,13 +5,12 @@ Importing this module compiles the kernel (``ssm_lab.ops.cpu.build``) or raises 
 
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ssm_lab.ops.cpu.build import load_library
+from ssm_lab.ops.cpu.build import INT, LONG, POINTER, bind, load_library
 
 __all__ = ["SUPPORTED_DTYPES", "applies", "backward", "forward"]
 
@@ -19,17 +18,16 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64)
 _ROWS = 256  # rows per block of the backward's column sums, as ROWS in gated_residual.c
 
 _LIBRARY = load_library(Path(__file__).with_name("gated_residual.c"))
-_POINTER, _LONG, _INT = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-_FORWARD, _BACKWARD = {}, {}
-for _dtype, _real in ((torch.float32, ctypes.c_float), (torch.float64, ctypes.c_double)):
-    _suffix = str(_dtype).removeprefix("torch.")
-    _FORWARD[_dtype] = getattr(_LIBRARY, f"gated_residual_forward_{_suffix}")  # (z, bias, x, c, y, rows, d, ...)
-    _FORWARD[_dtype].argtypes = [*[_POINTER] * 3, _real, _POINTER, _LONG, _LONG, _INT, _INT]
-    _FORWARD[_dtype].restype = None
-    # (z, bias, grad, c, grad_z, partial_bias, partial_c, rows, d, saturate, threads)
-    _BACKWARD[_dtype] = getattr(_LIBRARY, f"gated_residual_backward_{_suffix}")
-    _BACKWARD[_dtype].argtypes = [*[_POINTER] * 3, _real, *[_POINTER] * 3, _LONG, _LONG, _INT, _INT]
-    _BACKWARD[_dtype].restype = None
+# (z, bias, x, c, y, rows, d, saturate, threads) and (z, bias, grad, c, grad_z, partial_bias, partial_c, rows, d,
+# saturate, threads)
+_FORWARD = bind(
+    _LIBRARY, "gated_residual_forward", SUPPORTED_DTYPES,
+    lambda real: [*[POINTER] * 3, real, POINTER, LONG, LONG, INT, INT],
+)  # fmt: skip
+_BACKWARD = bind(
+    _LIBRARY, "gated_residual_backward", SUPPORTED_DTYPES,
+    lambda real: [*[POINTER] * 3, real, *[POINTER] * 3, LONG, LONG, INT, INT],
+)  # fmt: skip
 
 
 def applies(x: Tensor, projected: Tensor, bias: Tensor | None) -> bool:

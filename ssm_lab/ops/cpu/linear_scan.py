@@ -12,29 +12,27 @@ ImportError.
 
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ssm_lab.ops.cpu.build import load_library
+from ssm_lab.ops.cpu.build import INT, LONG, POINTER, bind, load_library
 
 __all__ = ["SUPPORTED_DTYPES", "linear_scan", "linear_scan_adjoint"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
 
 _LIBRARY = load_library(Path(__file__).with_name("linear_scan.c"))
-_POINTER, _LONG = ctypes.c_void_p, ctypes.c_long
-_FORWARD, _ADJOINT = {}, {}
-for _dtype in SUPPORTED_DTYPES:  # scan_forward_float32(a, a_sb, a_st, b, h0, h, B, L, N, threads), ...
-    _suffix = str(_dtype).removeprefix("torch.")
-    _FORWARD[_dtype] = getattr(_LIBRARY, f"scan_forward_{_suffix}")
-    _FORWARD[_dtype].argtypes = [_POINTER, _LONG, _LONG, *[_POINTER] * 3, *[_LONG] * 3, ctypes.c_int]
-    _FORWARD[_dtype].restype = None
-    _ADJOINT[_dtype] = getattr(_LIBRARY, f"scan_adjoint_{_suffix}")  # (a, a_sb, a_st, h, h0, dh, da, db, dh0, ...)
-    _ADJOINT[_dtype].argtypes = [_POINTER, _LONG, _LONG, *[_POINTER] * 6, *[_LONG] * 3, ctypes.c_int]
-    _ADJOINT[_dtype].restype = None
+# (a, a_sb, a_st, b, h0, h, B, L, N, threads) and (a, a_sb, a_st, h, h0, dh, da, db, dh0, B, L, N, threads)
+_FORWARD = bind(
+    _LIBRARY, "scan_forward", SUPPORTED_DTYPES,
+    lambda real: [POINTER, LONG, LONG, *[POINTER] * 3, *[LONG] * 3, INT],
+)  # fmt: skip
+_ADJOINT = bind(
+    _LIBRARY, "scan_adjoint", SUPPORTED_DTYPES,
+    lambda real: [POINTER, LONG, LONG, *[POINTER] * 6, *[LONG] * 3, INT],
+)  # fmt: skip
 
 
 def _pointer(x: Tensor | None) -> int | None:

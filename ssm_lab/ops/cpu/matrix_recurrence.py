@@ -6,33 +6,30 @@ backward. Importing this module compiles the kernel (``ssm_lab.ops.cpu.build``) 
 
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from ssm_lab.ops.cpu.build import load_library
+from ssm_lab.ops.cpu.build import INT, LONG, POINTER, bind, load_library
 
 __all__ = ["SUPPORTED_DTYPES", "affine_steps", "applies", "bilinear_adjoint", "bilinear_forward"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 
 _LIBRARY = load_library(Path(__file__).with_name("matrix_recurrence.c"))
-_POINTER, _LONG, _INT = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-_AFFINE, _BILINEAR_FORWARD, _BILINEAR_ADJOINT = {}, {}, {}
-for _dtype in SUPPORTED_DTYPES:
-    _suffix = str(_dtype).removeprefix("torch.")
-    _AFFINE[_dtype] = getattr(_LIBRARY, f"affine_steps_{_suffix}")  # (M, v, h0, out, B, L, N, reverse, threads)
-    _AFFINE[_dtype].argtypes = [*[_POINTER] * 4, *[_LONG] * 3, _INT, _INT]
-    # (lu, lu_sb, lu_st, lu_rs, lu_cs, pivots, u, h0, states, B, L, N, threads)
-    _BILINEAR_FORWARD[_dtype] = getattr(_LIBRARY, f"bilinear_forward_{_suffix}")
-    _BILINEAR_FORWARD[_dtype].argtypes = [_POINTER, *[_LONG] * 4, *[_POINTER] * 4, *[_LONG] * 3, _INT]
-    # (lu, lu_sb, lu_st, lu_rs, lu_cs, pivots, grad_states, q, r0, scratch, B, L, N, threads)
-    _BILINEAR_ADJOINT[_dtype] = getattr(_LIBRARY, f"bilinear_adjoint_{_suffix}")
-    _BILINEAR_ADJOINT[_dtype].argtypes = [_POINTER, *[_LONG] * 4, *[_POINTER] * 5, *[_LONG] * 3, _INT]
-    for _function in (_AFFINE, _BILINEAR_FORWARD, _BILINEAR_ADJOINT):
-        _function[_dtype].restype = None
+# (M, v, h0, out, B, L, N, reverse, threads)
+_AFFINE = bind(_LIBRARY, "affine_steps", SUPPORTED_DTYPES, lambda real: [*[POINTER] * 4, *[LONG] * 3, INT, INT])
+# (lu, lu_sb, lu_st, lu_rs, lu_cs, pivots, u, h0, states, B, L, N, threads)
+_BILINEAR_FORWARD = bind(
+    _LIBRARY, "bilinear_forward", SUPPORTED_DTYPES,
+    lambda real: [POINTER, *[LONG] * 4, *[POINTER] * 4, *[LONG] * 3, INT],
+)  # fmt: skip
+# (lu, lu_sb, lu_st, lu_rs, lu_cs, pivots, grad_states, q, r0, scratch, B, L, N, threads)
+_BILINEAR_ADJOINT = bind(
+    _LIBRARY, "bilinear_adjoint", SUPPORTED_DTYPES,
+    lambda real: [POINTER, *[LONG] * 4, *[POINTER] * 5, *[LONG] * 3, INT],
+)  # fmt: skip
 
 
 def applies(*tensors: Tensor | None) -> bool:

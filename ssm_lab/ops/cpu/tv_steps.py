@@ -8,14 +8,13 @@ kernel (``ssm_lab.ops.cpu.build``) or raises ImportError.
 
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from ssm_lab.ops import tv_layout
-from ssm_lab.ops.cpu.build import load_library
+from ssm_lab.ops.cpu.build import INT, LONG, POINTER, bind, load_library
 
 __all__ = ["SUPPORTED_DTYPES", "tv_steps", "tv_steps_applies", "tv_steps_backward"]
 
@@ -23,21 +22,17 @@ SUPPORTED_DTYPES = (torch.float32, torch.float64)
 _ROWS = 256  # tokens per block of the backward's column sums, as ROWS in tv_steps.c
 
 _LIBRARY = load_library(Path(__file__).with_name("tv_steps.c"))
-_POINTER, _LONG, _INT = ctypes.c_void_p, ctypes.c_long, ctypes.c_int
-_FORWARD, _BACKWARD = {}, {}
-for _dtype, _real in ((torch.float32, ctypes.c_float), (torch.float64, ctypes.c_double)):
-    _suffix = str(_dtype).removeprefix("torch.")
-    # (selected, component, token, u, delta_bias, alpha, a, drive, c, tokens, channels, tiny, eps, threads)
-    _FORWARD[_dtype] = getattr(_LIBRARY, f"tv_steps_forward_{_suffix}")
-    _FORWARD[_dtype].argtypes = [_POINTER, _LONG, _LONG, *[_POINTER] * 6, _LONG, _LONG, _real, _real, _INT]
-    _FORWARD[_dtype].restype = None
-    # (selected, component, token, u, delta_bias, alpha, grad_a, grad_drive, grad_c, grad_selected,
-    #  grad_component, grad_token, grad_u, partial_shifted, partial_rate, tokens, channels, tiny, eps, threads)
-    _BACKWARD[_dtype] = getattr(_LIBRARY, f"tv_steps_backward_{_suffix}")
-    _BACKWARD[_dtype].argtypes = [
-        _POINTER, _LONG, _LONG, *[_POINTER] * 7, _LONG, _LONG, *[_POINTER] * 3, _LONG, _LONG, _real, _real, _INT
-    ]
-    _BACKWARD[_dtype].restype = None
+# (selected, component, token, u, delta_bias, alpha, a, drive, c, tokens, channels, tiny, eps, threads)
+_FORWARD = bind(
+    _LIBRARY, "tv_steps_forward", SUPPORTED_DTYPES,
+    lambda real: [POINTER, LONG, LONG, *[POINTER] * 6, LONG, LONG, real, real, INT],
+)  # fmt: skip
+# (selected, component, token, u, delta_bias, alpha, grad_a, grad_drive, grad_c, grad_selected,
+#  grad_component, grad_token, grad_u, partial_shifted, partial_rate, tokens, channels, tiny, eps, threads)
+_BACKWARD = bind(
+    _LIBRARY, "tv_steps_backward", SUPPORTED_DTYPES,
+    lambda real: [POINTER, LONG, LONG, *[POINTER] * 7, LONG, LONG, *[POINTER] * 3, LONG, LONG, real, real, INT],
+)  # fmt: skip
 
 
 def _channel_parameters(delta_bias: Tensor, alpha: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
