@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 import torch
 
+import ssm_lab.cores.tv as tv_module
+import ssm_lab.ops.gated_residual as gated_module
+import ssm_lab.ops.matrix_scan as matrix_module
 import ssm_lab.ops.scan as scan_module
 from ssm_lab.ops.cpu import build
-from ssm_lab.ops.cpu.linear_scan import linear_scan, linear_scan_adjoint
 from ssm_lab.ops.scan import kernel_applies, linear_recurrence, linear_recurrence_chunked, linear_recurrence_ref
+
+# where no C compiler is found the kernels are not built and the torch paths run: their tests skip
+needs_kernel = pytest.mark.skipif(scan_module.cpu_scan is None, reason=f"{scan_module.CPU_KERNEL_UNAVAILABLE}")
 
 # relative error ||out - ref|| / ||ref|| against a float64 reference computed from the same inputs
 TOLERANCE = {torch.float32: 1e-5, torch.complex64: 1e-5, torch.float64: 1e-12, torch.complex128: 1e-12}
@@ -45,6 +53,16 @@ def _inputs(dtype: torch.dtype, kind: str, length: int, n: int, with_h0: bool, s
     return a.to(dtype), sample(batch, length, n), h0, sample(batch, length, n)
 
 
+def test_the_kernels_build_where_a_compiler_is():
+    """A machine with a C compiler (CI's) must build every kernel: a failed build would otherwise only show as
+    the slower torch paths."""
+    if shutil.which(os.environ.get("CC", "cc")) is None or os.environ.get("SSM_LAB_CPU_KERNELS") == "0":
+        pytest.skip("no C compiler here, or the kernels are turned off")
+    built = [scan_module.cpu_scan, tv_module.cpu_steps, matrix_module.cpu_loops, gated_module.cpu_gated]
+    assert all(module is not None for module in built), scan_module.CPU_KERNEL_UNAVAILABLE
+
+
+@needs_kernel
 @pytest.mark.parametrize("length", [1, 7, 64, 1000])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64, torch.complex128], ids=str)
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -66,28 +84,31 @@ def test_kernel_matches_the_loop_outputs_and_every_gradient(length, dtype, kind,
         assert _relative_error(got, want) < TOLERANCE[dtype]
 
 
+@needs_kernel
 def test_adjoint_sums_the_decay_gradient_over_a_shared_batch():
     """a shared by the batch (1, 1, N) and per step (1, L, N): grad_a keeps a's shape, summed over rows."""
     for kind in ("lti", "shared_steps"):
         a, b, h0, grad_h = _inputs(torch.float64, kind, 9, 4, with_h0=True)
         a = a.view(1, -1, 4)
         states = linear_recurrence_ref(a, b, h0)
-        grad_a, grad_b, grad_h0 = linear_scan_adjoint(a, states, h0, grad_h)
+        grad_a, grad_b, grad_h0 = scan_module.cpu_scan.linear_scan_adjoint(a, states, h0, grad_h)
         leaves = [x.clone().requires_grad_() for x in (a, b, h0)]
         expected = torch.autograd.grad(linear_recurrence_ref(*leaves), leaves, grad_h)
         for got, want in zip((grad_a, grad_b, grad_h0), expected, strict=True):
             torch.testing.assert_close(got, want)
 
 
+@needs_kernel
 def test_empty_sequence_and_final_state_continuation():
     a, b, h0, _ = _inputs(torch.float32, "per_step", 40, 6, with_h0=True)
-    assert linear_scan(a[:, :0], b[:, :0], h0).shape == (3, 0, 6)
+    assert scan_module.cpu_scan.linear_scan(a[:, :0], b[:, :0], h0).shape == (3, 0, 6)
     whole = linear_recurrence(a, b, h0)
     first = linear_recurrence(a[:, :25], b[:, :25], h0)
     second = linear_recurrence(a[:, 25:], b[:, 25:], first[:, -1])
     torch.testing.assert_close(torch.cat([first, second], dim=1), whole)
 
 
+@needs_kernel
 def test_cpu_scan_mode_runs_the_c_kernel_and_the_chunked_scan_without_it(monkeypatch):
     calls = []
     kernel = scan_module.cpu_scan.linear_scan
@@ -104,37 +125,45 @@ def test_cpu_scan_mode_runs_the_c_kernel_and_the_chunked_scan_without_it(monkeyp
     assert calls == [1]
 
 
-def test_build_caches_by_source_and_raises_import_error_when_it_cannot_build(tmp_path, monkeypatch):
+def test_build_caches_by_source_and_headers_and_raises_import_error_when_it_cannot_build(tmp_path, monkeypatch):
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler here")
     monkeypatch.setenv("SSM_LAB_CACHE_DIR", str(tmp_path / "cache"))
-    source = tmp_path / "twice.c"
-    source.write_text("double twice(double x) { return 2 * x; }\n")
+    source, header = tmp_path / "twice.c", tmp_path / "factor.h"
+    header.write_text("#define FACTOR 2\n")
+    source.write_text('#include "factor.h"\ndouble twice(double x) { return FACTOR * x; }\n')
     library = build.load_library(source)
     library.twice.restype, library.twice.argtypes = build.ctypes.c_double, [build.ctypes.c_double]
     assert library.twice(1.5) == 3.0
-    (built,) = (tmp_path / "cache" / "cpu_kernels").glob("twice-*.so")
+    assert len(list((tmp_path / "cache" / "cpu_kernels").glob("twice-*.so"))) == 1
 
     def compiler_must_not_run(*args):
         raise AssertionError("recompiled an unchanged source")
 
     monkeypatch.setattr(build, "_compile", compiler_must_not_run)
     build.load_library(source)  # the cached build
-    source.write_text("double twice(double x) { return x + x; }\n")
-    with pytest.raises(AssertionError, match="recompiled"):  # an edited source is built again
-        build.load_library(source)
+    for edited in (header, source):  # an edited header or source is built again
+        edited.write_text(edited.read_text() + "\n")
+        with pytest.raises(AssertionError, match="recompiled"):
+            build.load_library(source)
     monkeypatch.undo()
     monkeypatch.setenv("SSM_LAB_CACHE_DIR", str(tmp_path / "cache"))
     source.write_text("this is not C\n")
     with pytest.raises(ImportError, match="building twice.c with .* failed"):
         build.load_library(source)
-    monkeypatch.setenv("CC", "no-such-compiler")
-    with pytest.raises(ImportError, match="no C compiler found \\('no-such-compiler'\\)"):
-        build.load_library(source)
-    assert built.exists()
-    monkeypatch.delenv("CC")
     (tmp_path / "read-only").write_text("a file where the cache directory should be")
     monkeypatch.setenv("SSM_LAB_CACHE_DIR", str(tmp_path / "read-only"))
     source.write_text("double twice(double x) { return 2 * x; }\n")
     with pytest.raises(ImportError, match="building or loading .* failed"):
+        build.load_library(source)
+
+
+def test_build_without_a_compiler_or_turned_off_is_an_import_error(tmp_path, monkeypatch):
+    source = tmp_path / "twice.c"
+    source.write_text("double twice(double x) { return 2 * x; }\n")
+    monkeypatch.setenv("SSM_LAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", "no-such-compiler")
+    with pytest.raises(ImportError, match="no C compiler found \\('no-such-compiler'\\)"):
         build.load_library(source)
     monkeypatch.setenv("SSM_LAB_CPU_KERNELS", "0")
     with pytest.raises(ImportError, match="turned off"):
