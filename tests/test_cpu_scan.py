@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -168,3 +169,35 @@ def test_build_without_a_compiler_or_turned_off_is_an_import_error(tmp_path, mon
     monkeypatch.setenv("SSM_LAB_CPU_KERNELS", "0")
     with pytest.raises(ImportError, match="turned off"):
         build.load_library(source)
+
+
+def test_fastmath_exp_log1p_and_sigmoid_are_accurate_in_float(tmp_path, monkeypatch):
+    """The float exp and log1p of fastmath.h (written out to vectorise; the kernels' tanh, softplus and sigmoid
+    are made of them) against float64 libm: within a few float32 roundings over their ranges, exp clamped to
+    the normal floats, and log1p keeping full relative precision for tiny arguments."""
+    if shutil.which(os.environ.get("CC", "cc")) is None:
+        pytest.skip("no C compiler here")
+    monkeypatch.setenv("SSM_LAB_CACHE_DIR", str(tmp_path / "cache"))
+    header = Path(build.__file__).with_name("fastmath.h")
+    source = tmp_path / "fastmath_probe.c"
+    source.write_text(
+        f'#include "{header}"\n'
+        "void probe(const float *x, float *e, float *l, float *s, long n) {\n"
+        "  for (long i = 0; i < n; i++) { e[i] = exp_float32(x[i]); s[i] = sigmoid_float32(x[i]); }\n"
+        "  for (long i = 0; i < n; i++) l[i] = log1p_float32(x[i] < 0 ? -x[i] / 100 : x[i] / 100);\n"
+        "}\n"
+    )
+    library = build.load_library(source)
+    library.probe.argtypes = [build.POINTER] * 4 + [build.LONG]
+    far = torch.tensor([-1000.0, -100.0, -88.0, 89.0, 100.0])  # outside the clamp [-87.3, 88.37]
+    x = torch.cat([torch.linspace(-87, 88, 100001), torch.tensor([0.0, 1e-30, -1e-30, 1e-8]), far])
+    outputs = [torch.empty_like(x) for _ in range(3)]
+    library.probe(x.data_ptr(), *(output.data_ptr() for output in outputs), x.numel())
+    exp, log1p, sigmoid = (output.double() for output in outputs)
+    wide, inside = x.double(), slice(0, -len(far))
+    assert ((exp - wide.exp()).abs() / wide.exp())[inside].max() < 4e-7
+    y = wide.abs() / 100  # log1p's argument, in [0, 1]
+    assert ((log1p - y.log1p()).abs() / y.log1p().clamp_min(1e-300))[y <= 1].max() < 4e-7
+    assert (sigmoid - torch.sigmoid(wide)).abs().max() < 2e-7
+    below, above = exp[-len(far) :][:3], exp[-len(far) :][3:]  # clamped: tiny positive, huge finite
+    assert (below > 0).all() and (below < 2e-38).all() and torch.isfinite(above).all() and (above > 2e38).all()

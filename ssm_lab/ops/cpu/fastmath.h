@@ -11,10 +11,11 @@
 
 /* e^x for float: x = k ln2 + r with |r| <= ln2 / 2 (ln2 split in a high part exact in float and a low
  * part, Cody & Waite), e^r by its Taylor polynomial to degree 7 (remainder r^8 / 8! < 2e-9 relative),
- * times 2^k built in the exponent bits. x is clamped to [-87.3, 88.7] so that 2^k stays a normal float: the
- * result is then within 1.2e-38 of e^x below the range and FLT_MAX-sized above it. */
+ * times 2^k built in the exponent bits. x is clamped to [-87.3, 88.37] so that 2^k stays a normal float
+ * (k in [-126, 127]): below the range the result is ~1.2e-38 (within that of e^x), above it ~2.4e38 (finite,
+ * so that a product with 0 stays 0). */
 static inline float exp_float32(float x) {
-  x = x < -87.3f ? -87.3f : (x > 88.7f ? 88.7f : x);
+  x = x < -87.3f ? -87.3f : (x > 88.37f ? 88.37f : x);
   float k = rintf(x * 1.44269504088896341f);
   float r = (x - k * 0.693359375f) + k * 2.12194440e-4f;
   float p = 1.f / 5040.f;
