@@ -30,9 +30,9 @@ _BACKWARD = bind(
 )  # fmt: skip
 
 
-def applies(x: Tensor, projected: Tensor, bias: Tensor | None) -> bool:
-    """CPU tensors of one dtype in ``SUPPORTED_DTYPES``."""
-    tensors = [x, projected] + ([] if bias is None else [bias])
+def applies(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    """Whether the layer's input, weight and bias are CPU tensors of one dtype in ``SUPPORTED_DTYPES``."""
+    tensors = [x, weight] + ([] if bias is None else [bias])
     return all(t.device.type == "cpu" and t.dtype == x.dtype in SUPPORTED_DTYPES for t in tensors)
 
 
