@@ -46,9 +46,10 @@ def dense_recurrence(A: Tensor, drive: Tensor, h0: Tensor | None = None, mode: s
     if h0 is not None:
         h = torch.cat([drive[:, :1] + (h0 @ A.transpose(0, 1)).unsqueeze(1), drive[:, 1:]], dim=1)
     if mode == "loop":
-        states = [h[:, 0]]
-        for t in range(1, h.shape[1]):
-            states.append(states[-1] @ A.transpose(0, 1) + h[:, t])
+        first, *rest = h.unbind(1)  # steps by unbind (see ssm_lab.ops.scan.linear_recurrence_ref)
+        states = [first]
+        for h_t in rest:
+            states.append(states[-1] @ A.transpose(0, 1) + h_t)
         return torch.stack(states, dim=1)
     power, k = A, 1
     while k < h.shape[1]:

@@ -30,10 +30,10 @@ def step_through(
     ``per_step`` holds extra (B, L) inputs (e.g. integration_timesteps) passed to ``step`` at t.
     With ``lengths``, a sequence's state stops changing after its last real token, so the final
     state is the state at ``lengths - 1``."""
-    outputs = []
-    extras = {key: value for key, value in (per_step or {}).items() if value is not None}
-    for t in range(x.shape[1]):
-        y_t, new_state = step(x[:, t], state, **{key: value[:, t] for key, value in extras.items()})
+    outputs = []  # steps by unbind (see ssm_lab.ops.scan.linear_recurrence_ref)
+    extras = {key: value.unbind(1) for key, value in (per_step or {}).items() if value is not None}
+    for t, x_t in enumerate(x.unbind(1)):
+        y_t, new_state = step(x_t, state, **{key: value[t] for key, value in extras.items()})
         state = new_state if lengths is None else _where(lengths.to(x.device) > t, new_state, state)
         outputs.append(y_t)
     return torch.stack(outputs, dim=1), state

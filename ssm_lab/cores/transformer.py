@@ -80,8 +80,8 @@ class CausalSelfAttention(nn.Module):
         cache = self.default_state(batch, x.device) if state is None else state
         if mode == "loop":
             outputs = []
-            for t in range(length):
-                y_t, cache = self.step(x[:, t], cache)
+            for x_t in x.unbind(1):  # by unbind (see ssm_lab.ops.scan.linear_recurrence_ref)
+                y_t, cache = self.step(x_t, cache)
                 outputs.append(y_t)
             y = torch.stack(outputs, dim=1)
         else:

@@ -58,12 +58,13 @@ def _apply(M: Tensor, h: Tensor) -> Tensor:
 
 
 def matrix_recurrence_ref(M: Tensor, v: Tensor, h0: Tensor | None = None) -> Tensor:
-    """Plain loop: h_t = M_t h_{t-1} + v_t, h_{-1} = h0 (zero if None)."""
+    """Plain loop: h_t = M_t h_{t-1} + v_t, h_{-1} = h0 (zero if None); steps by ``unbind`` (see
+    ``ssm_lab.ops.scan.linear_recurrence_ref``)."""
     _check(M, v, h0)
     h = torch.zeros_like(v[:, 0]) if h0 is None else h0
     states = []
-    for t in range(v.shape[1]):
-        h = _apply(M[:, t], h) + v[:, t]
+    for M_t, v_t in zip(M.unbind(1), v.unbind(1), strict=True):
+        h = _apply(M_t, h) + v_t
         states.append(h)
     return torch.stack(states, dim=1)
 

@@ -73,12 +73,14 @@ def _with_initial_state(a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
 
 
 def linear_recurrence_ref(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Tensor:
-    """Plain loop: h_t = a_t * h_{t-1} + b_t, h_{-1} = h0 (zero if None). b: (B, L, N) -> h: (B, L, N)."""
-    a = _as_3d(a, b)
+    """Plain loop: h_t = a_t * h_{t-1} + b_t, h_{-1} = h0 (zero if None). b: (B, L, N) -> h: (B, L, N).
+    The steps are taken with ``unbind`` (one autograd node whose backward stacks the step gradients): an
+    indexed step's backward would allocate and add a zero-filled (B, L, N) gradient per step, O(L^2)."""
+    a_steps = _as_3d(a, b).unbind(1)
     h = torch.zeros_like(b[:, 0]) if h0 is None else h0.to(b.dtype)
     states = []
-    for t in range(b.shape[1]):
-        h = a[:, min(t, a.shape[1] - 1)] * h + b[:, t]
+    for t, b_t in enumerate(b.unbind(1)):
+        h = a_steps[min(t, len(a_steps) - 1)] * h + b_t
         states.append(h)
     return torch.stack(states, dim=1)
 

@@ -75,11 +75,11 @@ def signed_decay(delta_a: Tensor) -> Tensor:
 def _loop(u, delta, A, B, C, D, h0, decay_of: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor]:
     _check_shapes(u, delta, A, B, C, D, h0)
     h = u.new_zeros(u.shape[0], u.shape[2], A.shape[-1]) if h0 is None else h0
-    outputs = []
-    for t in range(u.shape[1]):
-        decay = decay_of(delta[:, t, :, None] * A)
-        h = decay * h + (delta[:, t] * u[:, t])[:, :, None] * B[:, t, None, :]
-        outputs.append((h * C[:, t, None, :]).sum(-1))
+    outputs = []  # steps by unbind (see ssm_lab.ops.scan.linear_recurrence_ref)
+    for delta_t, u_t, B_t, C_t in zip(delta.unbind(1), u.unbind(1), B.unbind(1), C.unbind(1), strict=True):
+        decay = decay_of(delta_t[:, :, None] * A)
+        h = decay * h + (delta_t * u_t)[:, :, None] * B_t[:, None, :]
+        outputs.append((h * C_t[:, None, :]).sum(-1))
     y = torch.stack(outputs, dim=1)
     return (y if D is None else y + D * u), h
 
