@@ -184,17 +184,20 @@ class _TVRecurrence(torch.autograd.Function):
     dh_t + dz_{t+1} c_{t+1} and h0 receives dz_0 c_0; the scan's adjoint gives (da, d(bu), dh0);
     db = d(bu) u, du = d(bu) b; then the step matrices' backward. The step matrices and their backward are
     one kernel pass each where ``_steps_kernel`` finds one (Triton on CUDA: ``ssm_lab.ops.triton.tv_steps``;
-    C on CPU: ``ssm_lab.ops.cpu.tv_steps``; the backward recomputes a and c from the pre-activations rather
-    than keeping them); elsewhere (float64 on CUDA, CPU without a compiler) the torch passes below run,
-    which keep the raw step matrices and the softplus input."""
+    C on CPU: ``ssm_lab.ops.cpu.tv_steps``); elsewhere (float64 on CUDA, CPU without a compiler) the torch
+    passes below run, which keep the raw step matrices and the softplus input. With the kernels, a and c are
+    recomputed from the pre-activations in the backward on a GPU (memory is what limits long sequences
+    there: two (B, L, N) tensors fewer per layer) and kept from the forward on a CPU (the recomputation,
+    transcendental-bound, costs ~15% of the layer's fwd+bwd there; memory is rarely the limit)."""
 
     @staticmethod
     def forward(ctx, selected, drive_input, h0, delta_bias, alpha, mode):
         ctx.kernels = _steps_kernel(selected, drive_input)
         ctx.fused = ctx.kernels is not None
+        ctx.recompute = ctx.fused and selected.is_cuda
         if ctx.fused:
             a, drive, c = ctx.kernels.tv_steps(selected, drive_input, delta_bias, alpha)
-            kept = (selected,)
+            kept = (selected,) if ctx.recompute else (selected, a, c)
         else:
             raw, shifted = _raw_step_matrices(selected, delta_bias, alpha)
             inverse_scale = _inverse_scale(*_moduli(raw))
@@ -215,9 +218,11 @@ class _TVRecurrence(torch.autograd.Function):
         delta_bias, alpha, drive_input, h0, states, *kept = ctx.saved_tensors
         if grad_output is None:
             grad_output = torch.zeros_like(states)
-        if ctx.fused:
+        if ctx.recompute:
             (selected,) = kept
             a, _, c = ctx.kernels.tv_steps(selected, drive_input, delta_bias, alpha, with_drive=False)
+        elif ctx.fused:
+            selected, a, c = kept
         else:
             raw, shifted = kept
             p, q = _moduli(raw)  # with 1 / s, made once for this backward and the step matrices' one
