@@ -133,18 +133,34 @@ def test_residual_scale_equals_the_skip_added_after_the_core(name, with_state):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
-def test_l2n_equals_its_real_block_diagonal_definition():
-    """z_{t+1} = K11 z_t + K12 gamma u_t, y_t = K21 z_t + K22 gamma u_t with the dense real K."""
-    core = build("l2n")
-    K, _ = normalize_to_contraction(core.raw_step_matrix())
-    gamma, n = torch.exp(core.log_gamma), D_STATE
-    assert torch.count_nonzero(K[:n, :n] * (1 - torch.block_diag(*[torch.ones(2, 2)] * (n // 2)))) == 0
-    x = torch.randn(2, 9, D_MODEL)
-    z, outputs = torch.zeros(2, n), []
-    for t in range(x.shape[1]):
-        outputs.append(z @ K[n:, :n].T + gamma * x[:, t] @ K[n:, n:].T)
-        z = z @ K[:n, :n].T + gamma * x[:, t] @ K[:n, n:].T
-    torch.testing.assert_close(core(x)[0], torch.stack(outputs, dim=1), atol=1e-5, rtol=1e-5)
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("mode", ["scan", "loop"])
+def test_l2n_equals_its_real_block_diagonal_definition(with_state, mode):
+    """z_{t+1} = K11 z_t + K12 gamma u_t, y_t = K21 z_t + K22 gamma u_t with the dense real K, from z_0 = 0 or a
+    given z_0 (the complex state h_j = z_2j + i z_2j+1): values and the gradients of x, z_0 and every parameter."""
+    core = build("l2n").double()
+    n = D_STATE
+    x = torch.randn(2, 9, D_MODEL, dtype=torch.float64, requires_grad=True)
+    z0 = torch.randn(2, n, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 9, D_MODEL, dtype=torch.float64)
+
+    def reference():
+        K, _ = normalize_to_contraction(core.raw_step_matrix())
+        assert torch.count_nonzero(K[:n, :n] * (1 - torch.block_diag(*[torch.ones(2, 2)] * (n // 2)))) == 0
+        gamma, outputs = torch.exp(core.log_gamma), []
+        z = z0 if with_state else torch.zeros(2, n, dtype=torch.float64)
+        for x_t in x.unbind(1):
+            outputs.append(z @ K[n:, :n].T + gamma * x_t @ K[n:, n:].T)
+            z = z @ K[:n, :n].T + gamma * x_t @ K[:n, n:].T
+        return torch.stack(outputs, dim=1)
+
+    h0 = torch.complex(z0[:, 0::2], z0[:, 1::2]) if with_state else None
+    inputs = [x, z0, *core.parameters()] if with_state else [x, *core.parameters()]
+    ours, expected = core(x, h0, mode=mode)[0], reference()
+    torch.testing.assert_close(ours, expected, atol=1e-10, rtol=1e-10)
+    gradients = torch.autograd.grad((ours * weights).sum(), inputs)
+    for got, want in zip(gradients, torch.autograd.grad((expected * weights).sum(), inputs), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
 
 
 def test_conv_and_dense_recurrences_match_their_references():

@@ -71,6 +71,29 @@ def real_readout(states: Tensor, C: Tensor, skip: Tensor | None = None) -> Tenso
     return torch.addmm(skip.flatten(0, -2), flat.flatten(0, -2), interleaved).view_as(skip)
 
 
+class _AddPreviousStep(torch.autograd.Function):
+    """y_t += r_{t-1} for t >= 1 and y_0 += first (if given), in place on y: (B, L, H) (a fresh tensor of the
+    caller's; r: (B, L, H), first: (B, H) or None). Through autograd, the in-place add on the slice y[:, 1:] of
+    a shifted slice r[:, :-1] costs some six (B, L, H) passes backward (a clone, zero fills and copies of
+    CopySlices and SliceBackward); here the backward makes one shifted copy of the gradient."""
+
+    @staticmethod
+    def forward(ctx, y: Tensor, r: Tensor, first: Tensor | None) -> Tensor:
+        y[:, 1:] += r[:, :-1]
+        if first is not None:
+            y[:, 0] += first
+        ctx.mark_dirty(y)
+        ctx.has_first = first is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        grad_r = torch.empty_like(grad)
+        grad_r[:, :-1] = grad[:, 1:]
+        grad_r[:, -1] = 0
+        return grad, grad_r, grad[:, 0] if ctx.has_first else None
+
+
 class DiagonalLTICore(nn.Module):
     """An LTI core x: (B, L, H) -> y: (B, L, H) with a complex diagonal state h: (B, N):
 
@@ -160,16 +183,14 @@ class DiagonalLTICore(nn.Module):
         """y_t = Re(C r_t) + D x_t, or x_t + s y_t for residual_scale s, as two products and no other
         full-size pass: s goes into C and D (I + s D, or 1 + s D when diagonal), the readout GEMM adds
         onto the direct term (addmm), and the previous-state readout (r_t = h_{t-1}) adds Re(C h_t) to
-        step t + 1 in place instead of copying the states shifted by one step."""
+        step t + 1 in place (``_AddPreviousStep``) instead of copying the states shifted by one step."""
         if residual_scale is not None:
             C, D = fold_residual(C, D, residual_scale)
         direct = self._direct(D, x)
         if not self.readout_from_previous_state:
             return real_readout(states, C, skip=direct)
-        direct[:, 1:] += real_readout(states, C)[:, :-1]
-        if h0 is not None:
-            direct[:, 0] += real_readout(h0, C)
-        return direct
+        first = None if h0 is None else real_readout(h0, C)
+        return _AddPreviousStep.apply(direct, real_readout(states, C), first)
 
     def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """One step: x_t: (B, H), state: (B, N) -> (y_t: (B, H), next state)."""
