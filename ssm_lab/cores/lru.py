@@ -79,9 +79,9 @@ class _AddPreviousStep(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y: Tensor, r: Tensor, first: Tensor | None) -> Tensor:
-        y[:, 1:] += r[:, :-1]
+        y[:, 1:].add_(r[:, :-1])  # not ``y[:, 1:] += ...``: Python would then copy the slice onto itself
         if first is not None:
-            y[:, 0] += first
+            y[:, 0].add_(first)
         ctx.mark_dirty(y)
         ctx.has_first = first is not None
         return y
