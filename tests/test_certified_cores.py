@@ -403,8 +403,8 @@ def test_tv_step_kernels_match_the_formula(device, dtype, spread):
     leaves = [x.double().requires_grad_() for x in (selected, u, delta_bias, alpha)]
     expected = _tv_steps_formula(*leaves, dtype=dtype)
     expected_grads = torch.autograd.grad(expected, leaves, [g.double() for g in grads])
-    got = kernels.tv_steps(selected, u, delta_bias, alpha)
-    got_grads = kernels.tv_steps_backward(selected, u, delta_bias, alpha, *grads)
+    *got, saved = kernels.tv_steps(selected, u, delta_bias, alpha)
+    got_grads = kernels.tv_steps_backward(selected, u, delta_bias, alpha, *grads, saved)
     relative = {torch.float32: 1e-5, torch.float64: 1e-12}.get(dtype, 2e-2)
     for value, reference in zip((*got, *got_grads), (*expected, *expected_grads), strict=True):
         assert value.shape == reference.shape

@@ -185,19 +185,19 @@ class _TVRecurrence(torch.autograd.Function):
     db = d(bu) u, du = d(bu) b; then the step matrices' backward. The step matrices and their backward are
     one kernel pass each where ``_steps_kernel`` finds one (Triton on CUDA: ``ssm_lab.ops.triton.tv_steps``;
     C on CPU: ``ssm_lab.ops.cpu.tv_steps``); elsewhere (float64 on CUDA, CPU without a compiler) the torch
-    passes below run, which keep the raw step matrices and the softplus input. With the kernels, a and c are
-    recomputed from the pre-activations in the backward on a GPU (memory is what limits long sequences
-    there: two (B, L, N) tensors fewer per layer) and kept from the forward on a CPU (the recomputation,
-    transcendental-bound, costs ~15% of the layer's fwd+bwd there; memory is rarely the limit)."""
+    passes below run, which keep the raw step matrices and the softplus input. What the kernels' backward needs
+    is theirs to say (``saved``): the Triton one recomputes a and c and the rest from the pre-activations (memory
+    limits long sequences on a GPU: no (B, L, N) tensor kept), the C one takes a and c and three planes of
+    terms from the forward (on a CPU the recomputed transcendentals were its cost)."""
 
     @staticmethod
     def forward(ctx, selected, drive_input, h0, delta_bias, alpha, mode):
         ctx.kernels = _steps_kernel(selected, drive_input)
         ctx.fused = ctx.kernels is not None
-        ctx.recompute = ctx.fused and selected.is_cuda
         if ctx.fused:
-            a, drive, c = ctx.kernels.tv_steps(selected, drive_input, delta_bias, alpha)
-            kept = (selected,) if ctx.recompute else (selected, a, c)
+            a, drive, c, saved = ctx.kernels.tv_steps(selected, drive_input, delta_bias, alpha)
+            ctx.recompute = saved is None
+            kept = (selected,) if ctx.recompute else (selected, *saved)
         else:
             raw, shifted = _raw_step_matrices(selected, delta_bias, alpha)
             inverse_scale = _inverse_scale(*_moduli(raw))
@@ -218,11 +218,12 @@ class _TVRecurrence(torch.autograd.Function):
         delta_bias, alpha, drive_input, h0, states, *kept = ctx.saved_tensors
         if grad_output is None:
             grad_output = torch.zeros_like(states)
-        if ctx.recompute:
+        if ctx.fused and ctx.recompute:
             (selected,) = kept
-            a, _, c = ctx.kernels.tv_steps(selected, drive_input, delta_bias, alpha, with_drive=False)
+            a, _, c, saved = ctx.kernels.tv_steps(selected, drive_input, delta_bias, alpha, with_drive=False)
         elif ctx.fused:
-            selected, a, c = kept
+            selected, *saved = kept
+            a, c = saved[0], saved[1]
         else:
             raw, shifted = kept
             p, q = _moduli(raw)  # with 1 / s, made once for this backward and the step matrices' one
@@ -245,7 +246,7 @@ class _TVRecurrence(torch.autograd.Function):
             grad_h0 = grad_h0 + grad_h0_readout
         if ctx.fused:
             grad_selected, grad_drive_input, grad_delta_bias, grad_alpha = ctx.kernels.tv_steps_backward(
-                selected, drive_input, delta_bias, alpha, grad_a, grad_drive, grad_c
+                selected, drive_input, delta_bias, alpha, grad_a, grad_drive, grad_c, saved
             )
         else:
             grad_abc[0] = grad_a

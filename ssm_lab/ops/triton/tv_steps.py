@@ -195,9 +195,11 @@ def _grid(tokens: int, channels: int, rows_per_program: int) -> tuple[int, int]:
 
 def tv_steps(
     selected: Tensor, drive_input: Tensor, delta_bias: Tensor, alpha: Tensor, with_drive: bool = True
-) -> tuple[Tensor, Tensor | None, Tensor]:
-    """(a k, b k u or None, c k), each (B, L, N) contiguous in the input dtype, from the pre-activations
-    selected (3, B, L, N), the drive input u (B, L, N) and the per-coordinate delta_bias, alpha (N,)."""
+) -> tuple[Tensor, Tensor | None, Tensor, None]:
+    """(a k, b k u or None, c k, saved), the first three (B, L, N) contiguous in the input dtype, from the
+    pre-activations selected (3, B, L, N), the drive input u (B, L, N) and the per-coordinate delta_bias, alpha
+    (N,). ``saved`` (what the backward needs beyond its inputs) is None: this backward recomputes the step
+    matrices from the pre-activations (GPU memory, not arithmetic, is what limits long sequences)."""
     planes, stride_component, stride_token = tv_layout.planes(selected)
     drive_input = drive_input.contiguous()
     tokens, channels = planes.shape[1:]
@@ -208,7 +210,7 @@ def tv_steps(
         tokens, channels, stride_component, stride_token, *tv_layout.precision(drive_input.dtype),
         WITH_DRIVE=with_drive, BLOCK_T=_FORWARD_ROWS, BLOCK_N=_BLOCK_N, num_warps=_NUM_WARPS,
     )  # fmt: skip
-    return a, drive, c
+    return a, drive, c, None
 
 
 def tv_steps_backward(
@@ -219,9 +221,10 @@ def tv_steps_backward(
     grad_a: Tensor,
     grad_drive: Tensor,
     grad_c: Tensor,
+    saved: None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dL/dselected in selected's layout, dL/du, dL/ddelta_bias, dL/dalpha) from the gradients of the three
-    outputs of ``tv_steps`` (each (B, L, N))."""
+    outputs of ``tv_steps`` (each (B, L, N)); ``saved`` is its None (the step matrices are recomputed here)."""
     planes, stride_component, stride_token = tv_layout.planes(selected)
     drive_input = drive_input.contiguous()
     tokens, channels = planes.shape[1:]
