@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from ssm_lab.config import finalize
+from ssm_lab.cpu_memory import keep_freed_memory
 from ssm_lab.results import (
     CONFIG,
     MetricsRecorder,
@@ -191,6 +192,8 @@ def _train(cfg: DictConfig, path: Path, previous: dict[str, Any], callbacks: Seq
     )
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg))
+    if trainer.strategy.root_device.type == "cpu":
+        keep_freed_memory()  # no page faults re-reading each step's activations (ssm_lab.cpu_memory)
 
     n_params = sum(p.numel() for p in model.parameters())
     summary: dict[str, Any] = {

@@ -122,3 +122,13 @@ def test_loggers_write_into_the_run_folder(make_config, train, logger, monkeypat
         "wandb": "wandb/offline-run-*",
     }
     assert list(path.glob(expected[logger])), sorted(p.name for p in path.iterdir())
+
+
+def test_a_cpu_run_keeps_freed_memory_for_its_next_steps(make_config, train, monkeypatch):
+    """ssm_lab.cpu_memory.keep_freed_memory (tested in test_cpu_memory.py) is called once by a CPU run."""
+    import ssm_lab.train
+
+    calls = []
+    monkeypatch.setattr(ssm_lab.train, "keep_freed_memory", lambda: calls.append(True) or True)
+    assert train("scale.seq_len=3", "trainer.max_steps=2", "scale.eval_every=2")["status"] == "completed"
+    assert calls == [True]
