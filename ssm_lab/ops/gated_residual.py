@@ -4,19 +4,26 @@
 
 act = identity for GLU (Dauphin et al. 2017, "Language Modeling with Gated Convolutional Networks") and tanh
 for LGLU (``ssm_lab.layers.lipschitz``: the saturated value makes it Lipschitz); s is the layer's scale (LGLU's
-Lipschitz level, 1 for GLU) and r the block's residual weight. On CPU tensors the activation, the bias, both
-scales and the add run in one C pass each way (``ssm_lab.ops.cpu.gated_residual``) after one GEMM, where the
-torch path makes some ten full passes (addmm's bias copy, the activation, the add, their backward); elsewhere
-(CUDA, or no C compiler) the torch path runs. ``gated_residual_ref`` is the plain twin.
+Lipschitz level, 1 for GLU) and r the block's residual weight. The activation, the bias, both scales and the add
+run in one kernel pass each way after one GEMM, where the torch path makes some ten full passes (addmm's bias
+copy, the activation, the add, their backward): Triton on CUDA (``ssm_lab.ops.triton.gated_residual``), C on
+CPU (``ssm_lab.ops.cpu.gated_residual``), float32/float64 and not under autocast; elsewhere (or with neither
+kernel) the torch path runs. ``gated_residual_ref`` is the plain twin.
 """
 
 from __future__ import annotations
+
+from types import ModuleType
 
 import torch
 from torch import Tensor, nn
 
 from ssm_lab.ops.activations import gated_tanh
 
+try:  # Triton ships with CUDA builds of torch
+    from ssm_lab.ops.triton import gated_residual as triton_gated
+except ImportError:
+    triton_gated = None
 try:  # compiled on first import (ssm_lab.ops.cpu.build); without a compiler the torch path runs
     from ssm_lab.ops.cpu import gated_residual as cpu_gated
 except ImportError:
@@ -38,13 +45,13 @@ def gated_residual_ref(
 def gated_residual(
     x: Tensor, weight: Tensor, bias: Tensor | None, layer_scale: Tensor | None, residual_scale: Tensor, saturate: bool
 ) -> Tensor:
-    """``gated_residual_ref``, fused: one GEMM and the C kernel on CPU float tensors (not under autocast, whose
-    half-precision GEMM output the kernel does not take); elsewhere the layers' own torch path (GLU: linear and
+    """``gated_residual_ref``, fused: one GEMM and the kernel pair of ``_kernels`` (not under autocast, whose
+    half-precision GEMM output the kernels do not take); elsewhere the layers' own torch path (GLU: linear and
     glu; LGLU: linear and its gated_tanh node, which takes s) and one addcmul with r."""
-    fused = cpu_gated is not None and not torch.is_autocast_enabled(x.device.type)
-    if fused and cpu_gated.applies(x, weight, bias):
+    kernels = None if torch.is_autocast_enabled(x.device.type) else _kernels(x, weight, bias)
+    if kernels is not None:
         scale = residual_scale if layer_scale is None else residual_scale * layer_scale
-        return _GatedResidual.apply(x, x @ weight.transpose(0, 1), bias, scale, saturate)
+        return _GatedResidual.apply(x, x @ weight.transpose(0, 1), bias, scale, saturate, kernels)
     projected = nn.functional.linear(x, weight, bias)
     if saturate:
         gated = gated_tanh(projected, torch.ones_like(residual_scale) if layer_scale is None else layer_scale)
@@ -54,20 +61,30 @@ def gated_residual(
     return torch.addcmul(x, residual_scale, gated)
 
 
+def _kernels(x: Tensor, weight: Tensor, bias: Tensor | None) -> ModuleType | None:
+    """The kernel pair for these tensors (Triton on CUDA, C on CPU), or None: the torch path."""
+    for kernels in (triton_gated, cpu_gated):
+        if kernels is not None and kernels.applies(x, weight, bias):
+            return kernels
+    return None
+
+
 class _GatedResidual(torch.autograd.Function):
-    """y = x + c act(v) sigmoid(g) from (v, g) = projected + bias; the C kernels compute y and, backward,
+    """y = x + c act(v) sigmoid(g) from (v, g) = projected + bias; the kernels compute y and, backward,
     dL/dprojected, the bias's and c's gradients; dL/dx is the incoming gradient itself."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, projected: Tensor, bias: Tensor | None, scale: Tensor, saturate: bool) -> Tensor:
+    def forward(
+        ctx, x: Tensor, projected: Tensor, bias: Tensor | None, scale: Tensor, saturate: bool, kernels: ModuleType
+    ) -> Tensor:
         ctx.save_for_backward(projected, bias, scale)
-        ctx.saturate = saturate
-        return cpu_gated.forward(x, projected, bias, float(scale), saturate)
+        ctx.saturate, ctx.kernels = saturate, kernels
+        return kernels.forward(x, projected, bias, scale, saturate)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor | None, Tensor, None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor, Tensor | None, Tensor, None, None]:
         projected, bias, scale = ctx.saved_tensors
-        grad_projected, grad_bias, grad_scale = cpu_gated.backward(projected, bias, grad, float(scale), ctx.saturate)
+        grad_projected, grad_bias, grad_scale = ctx.kernels.backward(projected, bias, grad, scale, ctx.saturate)
         grad_bias = None if bias is None else grad_bias.to(bias.dtype)
-        return grad, grad_projected, grad_bias, grad_scale.to(scale.dtype), None
+        return grad, grad_projected, grad_bias, grad_scale.to(scale.dtype), None, None

@@ -41,18 +41,19 @@ def _bias(bias: Tensor | None, projected: Tensor) -> Tensor:
     return projected.new_zeros(projected.shape[-1]) if bias is None else bias.contiguous()
 
 
-def forward(x: Tensor, projected: Tensor, bias: Tensor | None, scale: float, saturate: bool) -> Tensor:
-    """x + scale act(v) sigmoid(g) for (v, g) the halves of projected (+ bias): x (..., d), projected (..., 2 d)."""
+def forward(x: Tensor, projected: Tensor, bias: Tensor | None, scale: Tensor, saturate: bool) -> Tensor:
+    """x + scale act(v) sigmoid(g) for (v, g) the halves of projected (+ bias): x (..., d), projected (..., 2 d),
+    scale a 0-dim tensor."""
     x, projected, bias = x.contiguous(), projected.contiguous(), _bias(bias, projected)
     out = torch.empty_like(x)
     rows, d = x.numel() // x.shape[-1], x.shape[-1]
-    _FORWARD[x.dtype](projected.data_ptr(), bias.data_ptr(), x.data_ptr(), scale, out.data_ptr(), rows, d,
+    _FORWARD[x.dtype](projected.data_ptr(), bias.data_ptr(), x.data_ptr(), float(scale), out.data_ptr(), rows, d,
                       int(saturate), torch.get_num_threads())  # fmt: skip
     return out
 
 
 def backward(
-    projected: Tensor, bias: Tensor | None, grad: Tensor, scale: float, saturate: bool
+    projected: Tensor, bias: Tensor | None, grad: Tensor, scale: Tensor, saturate: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(dL/dprojected, dL/dbias summed over rows (float64), dL/dscale (float64)) from dL/dout."""
     projected, grad, bias = projected.contiguous(), grad.to(projected.dtype).contiguous(), _bias(bias, projected)
@@ -62,7 +63,7 @@ def backward(
     partial_bias = torch.empty(blocks, 2 * d, dtype=torch.float64)
     partial_scale = torch.empty(blocks, dtype=torch.float64)
     _BACKWARD[projected.dtype](
-        projected.data_ptr(), bias.data_ptr(), grad.data_ptr(), scale,
+        projected.data_ptr(), bias.data_ptr(), grad.data_ptr(), float(scale),
         grad_projected.data_ptr(), partial_bias.data_ptr(), partial_scale.data_ptr(), rows, d, int(saturate),
         torch.get_num_threads(),
     )  # fmt: skip
