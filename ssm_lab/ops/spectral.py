@@ -36,17 +36,18 @@ _FLOAT64_MARGIN = 1e-10
 
 
 def spectral_norm_bound(matrix: Tensor, iterations: int = 8) -> Tensor:
-    """Upper bound of ||matrix||_2, differentiable. matrix: (m, n) real or complex -> () real, dtype of matrix.
+    """Upper bound of ||matrix||_2, differentiable. matrix: (..., m, n) real or complex -> (...) real, dtype of
+    matrix: a stack of matrices of one shape is bounded in one batched iteration (each its own bound).
 
     Works on the smaller Gram matrix (n x n or m x m): the first step already squares it.
     """
-    if matrix.dim() != 2:
-        raise ValueError(f"spectral_norm_bound takes a matrix (m, n), got shape {tuple(matrix.shape)}")
+    if matrix.dim() < 2:
+        raise ValueError(f"spectral_norm_bound takes a matrix (..., m, n), got shape {tuple(matrix.shape)}")
     if not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
     out_dtype = matrix.real.dtype
     tall = matrix.to(torch.complex128 if matrix.is_complex() else torch.float64)
-    if tall.shape[0] < tall.shape[1]:
+    if tall.shape[-2] < tall.shape[-1]:
         tall = tall.mH
     # Rounding the float64 bound b to out_dtype (to nearest) could go down by half a unit in the last place;
     # rounding b (1 + 2 eps) cannot: its spacing there is at most eps b (1 + 2 eps), so the rounded value is
@@ -88,11 +89,11 @@ def _gram_iteration(tall: Tensor, iterations: int) -> tuple[Tensor, list[Tensor]
     for step in range(iterations):
         if step % _RESCALE_EVERY == 0:
             norms.append(torch.linalg.matrix_norm(gram).clamp_min(1e-300))
-            gram = gram / norms[-1]
+            gram = gram / norms[-1][..., None, None]
         gram = gram.mH @ gram
         grams.append(gram)
     norms.append(torch.linalg.matrix_norm(gram).clamp_min(1e-300))
-    log_bound, log_scale_sum = _log_weights(iterations, tall.device) @ torch.stack(norms).log()
+    log_bound, log_scale_sum = torch.tensordot(_log_weights(iterations, tall.device), torch.stack(norms).log(), 1)
     return log_bound, grams, log_scale_sum
 
 
@@ -122,7 +123,8 @@ class _GramLogBound(torch.autograd.Function):
         power = 2 ** (len(grams) + 1)
         # the exponent overflows only for W ~ 0 (every f_t at the clamp), where grad = dL/dlog b carries the
         # factor b = 0: capping it keeps 0 * inf from making the gradient NaN
-        return (grad * torch.exp((log_scale_sum - power * log_bound).clamp_max(700.0))) * (tall @ product), None
+        weight = grad * torch.exp((log_scale_sum - power * log_bound).clamp_max(700.0))
+        return weight[..., None, None] * (tall @ product), None
 
 
 def normalize_to_contraction(matrix: Tensor, iterations: int = 8) -> tuple[Tensor, Tensor]:
@@ -134,6 +136,6 @@ def normalize_to_contraction(matrix: Tensor, iterations: int = 8) -> tuple[Tenso
     by at most eps/2 relative, which moves the spectral norm by at most eps/2 * ||W / d||_F.
     """
     bound = spectral_norm_bound(matrix, iterations)
-    margin = torch.finfo(bound.dtype).eps * min(matrix.shape) ** 0.5
+    margin = torch.finfo(bound.dtype).eps * min(matrix.shape[-2:]) ** 0.5
     at_least_one = bound.clamp_min(1.0)
-    return matrix / (at_least_one * (1 + margin)).to(matrix.dtype), bound / at_least_one
+    return matrix / (at_least_one * (1 + margin)).to(matrix.dtype)[..., None, None], bound / at_least_one
