@@ -14,7 +14,6 @@ processes compete for the cores).
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import resource
 import statistics
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ssm_lab.bench.recording import append_records, results_path
 from ssm_lab.cores.ids4 import IDS4
 from ssm_lab.cores.lcde import LinearCDE
 from ssm_lab.cores.mamba import Mamba
@@ -85,15 +85,12 @@ def measure(name: str, mode: str, args: argparse.Namespace) -> dict:
         finite = bool(torch.isfinite(core(x, mode=mode)[0]).all())
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
-        device_name = torch.cuda.get_device_name(device)
     else:  # ru_maxrss is in KiB on Linux; the warm-up already reached the steady-state peak
         peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - baseline_rss) / 1024
-        device_name = "cpu"
     return {
         "benchmark": "core_forward_backward",
         "core": name,
         "mode": mode,
-        "device": device_name,
         "threads": torch.get_num_threads(),
         "batch": args.batch,
         "length": args.length,
@@ -107,8 +104,6 @@ def measure(name: str, mode: str, args: argparse.Namespace) -> dict:
         "finite_output": finite,
         "peak_memory_mb": peak_mb,
         "parameters": sum(p.numel() for p in core.parameters()),
-        "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
@@ -145,14 +140,8 @@ def main(argv: list[str] | None = None) -> None:
         name, mode = parse_cores(args.single)[0]
         print(json.dumps(measure(name, mode, args)))
         return
-    if args.device == "cpu":
-        tag = "cpu"
-    else:
-        from ssm_lab.bench.recording import device_slug  # the GPU benchmarks' file naming (h100, ...)
-
-        tag = device_slug()
-    out = args.out or ROOT / "benchmarks" / "results" / f"{datetime.date.today().isoformat()}-{tag}.jsonl"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    on_gpu = args.device != "cpu"
+    out = args.out or results_path(gpu=on_gpu)
     passed = [
         a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--cores") and a != args.cores
     ]
@@ -167,8 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         except subprocess.TimeoutExpired:
             record = {"core": name, "mode": mode, "error": f"timed out after {args.timeout} s"}
         record.update(batch=args.batch, length=args.length, d_model=args.d_model, device_requested=args.device)
-        with open(out, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        append_records([record], out, gpu=on_gpu)  # stamped with the commit, versions and time
         if "ms_median" in record:
             shown = f"{record['ms_median']:9.1f} ms  cpu/thread {record['cpu_ms_per_thread_median']:9.1f} ms"
             shown += f"  {record['peak_memory_mb']:8.0f} MB"
