@@ -71,7 +71,7 @@
             T half = (p + q) / 2, k = 1 / ((half > 1 ? half : 1) * (1 + 4 * eps));                            \
             a_out[at + j] = a * k;                                                                            \
             c_out[at + j] = c * k;                                                                            \
-            if (drive_out) drive_out[at + j] = b * k * u[at + j];                                             \
+            drive_out[at + j] = b * k * u[at + j];                                                            \
             terms[at + j] = k;                                                                                \
             terms[plane + at + j] = softplus_shifted;                                                         \
             terms[2 * plane + at + j] = b;                                                                    \

@@ -1,5 +1,6 @@
 """The tv core's step matrices as a C kernel (``tv_steps.c``), one pass forward and one backward: the CPU
-counterpart of ``ssm_lab.ops.triton.tv_steps`` with the same functions and contract; the torch twin is
+counterpart of ``ssm_lab.ops.triton.tv_steps`` with the same functions (its forward always writes the drive:
+only a recomputing backward asks for less); the torch twin is
 ``ssm_lab.cores.tv._raw_step_matrices`` / ``_step_matrices_backward`` (the formulas are in the Triton module).
 The torch passes make some fifteen passes over (B, L, N) tensors forward and thirty backward, each with its
 fresh buffer; these read their inputs once and write their outputs once. Unlike the Triton pair, the forward
@@ -50,21 +51,20 @@ def tv_steps_applies(selected: Tensor, drive_input: Tensor) -> bool:
 
 
 def tv_steps(
-    selected: Tensor, drive_input: Tensor, delta_bias: Tensor, alpha: Tensor, with_drive: bool = True
-) -> tuple[Tensor, Tensor | None, Tensor, tuple[Tensor, Tensor, Tensor]]:
-    """(a k, b k u or None, c k, saved): the first three (B, L, N) contiguous in the input dtype, from the
+    selected: Tensor, drive_input: Tensor, delta_bias: Tensor, alpha: Tensor
+) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """(a k, b k u, c k, saved): the first three (B, L, N) contiguous in the input dtype, from the
     pre-activations selected (3, B, L, N), the drive input u (B, L, N) and the per-coordinate delta_bias, alpha
     (N,); ``saved`` = (a k, c k, the (3, B, L, N) planes (k, softplus(s), b)) for ``tv_steps_backward``."""
     planes, stride_component, stride_token = tv_layout.planes(selected)
     drive_input = drive_input.contiguous()
     dtype, (tokens, channels) = drive_input.dtype, planes.shape[1:]
-    a, c = torch.empty_like(drive_input), torch.empty_like(drive_input)
-    drive = torch.empty_like(drive_input) if with_drive else None
+    a, drive, c = (torch.empty_like(drive_input) for _ in range(3))
     terms = torch.empty((3, *drive_input.shape), dtype=dtype)
     delta_bias, alpha = _channel_parameters(delta_bias, alpha, dtype)  # kept alive across the call
     _FORWARD[dtype](
         planes.data_ptr(), stride_component, stride_token, drive_input.data_ptr(), delta_bias.data_ptr(),
-        alpha.data_ptr(), a.data_ptr(), None if drive is None else drive.data_ptr(), c.data_ptr(), terms.data_ptr(),
+        alpha.data_ptr(), a.data_ptr(), drive.data_ptr(), c.data_ptr(), terms.data_ptr(),
         tokens, channels, *tv_layout.precision(dtype), torch.get_num_threads(),
     )  # fmt: skip
     return a, drive, c, (a, c, terms)
