@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ssm_lab.cores.lcde import LinearCDE, dormand_prince_affine
-from ssm_lab.ops import matrix_scan
+from ssm_lab.ops import exp_action, matrix_scan
 from ssm_lab.ops.matrix_scan import (
     AUTO_EXP_BATCH,
     affine_exp,
@@ -16,6 +16,7 @@ from ssm_lab.ops.matrix_scan import (
     matrix_recurrence,
     matrix_recurrence_ref,
     matrix_recurrence_scan,
+    window_steps,
 )
 from ssm_lab.task import LeastSquaresReadout
 
@@ -145,6 +146,7 @@ def test_auto_exp_batch_splits_by_device_and_gives_the_same_values(monkeypatch):
     torch.testing.assert_close(exponential, whole[0])
     torch.testing.assert_close(offset, whole[1])
     sizes.clear()
+    monkeypatch.setattr(exp_action, "cpu_kernel", None)  # the maps formed on CPU: what CUDA does, or without C
     LinearCDE(3, d_state=4)(torch.randn(2, 300, 3))  # the core's default is "auto" too: 600 maps
     assert sizes == [256, 256, 88]
 
@@ -182,11 +184,20 @@ def test_chunked_matrix_recurrence_equals_the_scan_and_rejects_bad_windows():
     v = torch.randn(2, 9, 3, generator=generator, dtype=torch.float64)
     h0 = torch.randn(2, 3, generator=generator, dtype=torch.float64)
     windows = []
-    states = chunked_matrix_recurrence(lambda a, b: windows.append((a, b)) or (M[:, a:b], v[:, a:b]), 9, h0, 4)
-    assert windows == [(0, 4), (4, 8), (8, 9)]
+    states = chunked_matrix_recurrence(lambda M, v: windows.append(v.shape[1]) or (M, v), (M, v), h0, 4)
+    assert windows == [4, 4, 1]
     torch.testing.assert_close(states, matrix_recurrence_ref(M, v, h0))
     with pytest.raises(ValueError, match="chunk_length must be a positive integer or None, got 0"):
-        chunked_matrix_recurrence(lambda a, b: (M[:, a:b], v[:, a:b]), 9, h0, 0)
+        chunked_matrix_recurrence(lambda M, v: (M, v), (M, v), h0, 0)
+
+
+def test_auto_windows_hold_16_mib_of_maps_on_cpu_and_the_whole_sequence_elsewhere():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert window_steps("auto", 16, 64, torch.float32, cpu) == 64  # 16 x 64 x 64 x 64 x 4 bytes = 16 MiB
+    assert window_steps("auto", 16, 64, torch.float64, cpu) == 32
+    assert window_steps("auto", 4096, 256, torch.float32, cpu) == 1  # never less than one step
+    assert window_steps("auto", 16, 64, torch.float32, cuda) is None
+    assert window_steps(7, 16, 64, torch.float32, cpu) == 7 and window_steps(None, 16, 64, torch.float32, cpu) is None
     with pytest.raises(ValueError, match="max_exp_batch must be a positive integer, 'auto' or None, got -1"):
         LinearCDE(3, max_exp_batch=-1)
 

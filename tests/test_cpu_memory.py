@@ -19,10 +19,11 @@ pytestmark = pytest.mark.skipif(
 )
 
 # Allocates one 16 MiB tensor and reports where glibc put it (mallinfo2: hblkhd = bytes in mmapped blocks), then
-# the page faults of three training steps (fwd+bwd) of a 2-layer tv DeepSSM at B=16, L=1024 after five warm-up
-# steps. Measured here: kept, 1 to ~1000 in all; with glibc's defaults mostly 3e3 to 1e4 (freed activations
-# faulted in again; not in every run: glibc adapts its thresholds); ~1e4 per step with the trim threshold at 0
-# and 66k with the mmap threshold left at 128 KiB (the two ways of getting the tuning wrong).
+# the page faults of each of three training steps (fwd+bwd) of a 2-layer tv DeepSSM at B=16, L=1024 after five
+# warm-up steps. Measured here, 8 runs: kept, 0 to 2 a step, now and then one step of 1-2k (the heap still
+# growing); with glibc's defaults 0 to 25k a step (freed activations faulted in again, but not in every step:
+# glibc adapts its thresholds); ~1e4 every step with the trim threshold at 0 and ~2e4 with the mmap threshold
+# left at 128 KiB (the two ways of getting the tuning wrong). So the test asks for one step of (almost) none.
 PROBE = textwrap.dedent(
     """
     import ctypes, json, resource, torch
@@ -50,10 +51,11 @@ PROBE = textwrap.dedent(
 
     for _ in range(5):
         step()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    faults = []
     for _ in range(3):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         step()
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     print(json.dumps({"applied": applied, "mmapped": mmapped, "faults": faults}))
     """
 )
@@ -71,7 +73,7 @@ def test_training_steps_reuse_freed_memory_without_page_faults():
     assert not plain["applied"] and kept["applied"]
     assert plain["mmapped"] >= 16 * MIB  # glibc's default: a fresh mapping, handed back when freed
     assert kept["mmapped"] < 16 * MIB  # on the heap, kept there when freed
-    assert kept["faults"] < 2048
+    assert min(kept["faults"]) < 64, kept["faults"]
 
 
 @pytest.mark.parametrize("variable", ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "SSM_LAB_KEEP_FREED_MEMORY"])

@@ -9,8 +9,8 @@ transition matrix is an affine function of the input, discretised bilinearly:
 A_0 starts at HiPPO-LegS and the A_j near zero, so training starts from S4. Non-commuting
 input-dependent matrices are what state tracking needs; mode "scan" evaluates the recurrence by
 ``bilinear_recurrence`` (a parallel scan over matrix products on CUDA; on CPU step by step from one
-LU factorisation of I - dt/2 A(x_t) per step, never forming Abar_t), mode "loop" step by step
-through ``step`` (the reference).
+LU factorisation of I - dt/2 A(x_t) per step, never forming Abar_t, the maps built a window of steps at
+a time), mode "loop" step by step through ``step`` (the reference).
 ``integration_timesteps`` tau scale the step: dt_t = tau_t dt.
 """
 
@@ -25,7 +25,7 @@ from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
 from ssm_lab.cores.s4d import log_uniform_steps
 from ssm_lab.cores.stepping import check_timesteps, step_through
 from ssm_lab.ops.hippo import legs
-from ssm_lab.ops.matrix_scan import bilinear_maps, bilinear_recurrence
+from ssm_lab.ops.matrix_scan import bilinear_maps, bilinear_recurrence, chunked_matrix_recurrence, window_steps
 from ssm_lab.optim import mark_recurrence
 from ssm_lab.validation import check_positive
 
@@ -57,26 +57,28 @@ class IDS4(nn.Module):
         self.C = nn.Parameter(torch.randn(d_model, d_state) / math.sqrt(d_state))
         self.D = nn.Parameter(torch.randn(d_model))
 
-    def _discretisation_terms(self, x: Tensor, timesteps: Tensor | None) -> tuple[Tensor, Tensor]:
-        """(dt/2 A(x_t): (..., N, N), dt B x_t: (..., N)), what the bilinear maps are made of.
-
-        dt_t/2 A(x_t) = sum_i e_t,i W_i with e_t = tau_t (1, x_t) and W = dt/2 (A_0, A_1, ..., A_H): one product
-        of the (1 + H)-channel increments with the scaled weights, no pass over the (..., N, N) result. In the
-        parameters' precision even under autocast: the maps are factorised (LU) and multiplied L times."""
+    def _discretisation_terms(self, x: Tensor, timesteps: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """(e_t: (..., 1 + H), W: (1 + H, N N), dt B x_t: (..., N)), what the bilinear maps are made of:
+        dt_t/2 A(x_t) = sum_i e_t,i W_i (``_half_step_matrices``) with e_t = tau_t (1, x_t) and
+        W = dt/2 (A_0, A_1, ..., A_H). In the parameters' precision even under autocast: the maps are factorised
+        (LU) and multiplied L times."""
         with torch.autocast(x.device.type, enabled=False):
-            return self._terms(x.to(self.A_0.dtype), timesteps)
+            x = x.to(self.A_0.dtype)
+            time = torch.ones_like(x[..., :1]) if timesteps is None else timesteps.unsqueeze(-1).to(x.dtype)
+            dt = torch.exp(self.log_dt)
+            weights = torch.cat([self.A_0.unsqueeze(0), self.A_input]).flatten(1) * (dt / 2)
+            return torch.cat([time, time * x], dim=-1), weights, (dt * time) * (x @ self.B.T)
 
-    def _terms(self, x: Tensor, timesteps: Tensor | None) -> tuple[Tensor, Tensor]:
-        time = torch.ones_like(x[..., :1]) if timesteps is None else timesteps.unsqueeze(-1).to(x.dtype)
-        increments = torch.cat([time, time * x], dim=-1)
-        dt = torch.exp(self.log_dt)
-        weights = torch.cat([self.A_0.unsqueeze(0), self.A_input]).flatten(1) * (dt / 2)
-        half_step_A = (increments @ weights).unflatten(-1, (self.d_state, self.d_state))
-        return half_step_A, (dt * time) * (x @ self.B.T)
+    def _half_step_matrices(self, increments: Tensor, weights: Tensor) -> Tensor:
+        """dt/2 A(x_t) = sum_i e_t,i W_i: (..., N, N), one product of the increments with the scaled weights (no
+        pass over the (..., N, N) result), in their precision even under autocast."""
+        with torch.autocast(increments.device.type, enabled=False):
+            return (increments @ weights).unflatten(-1, (self.d_state, self.d_state))
 
     def transitions(self, x: Tensor, timesteps: Tensor | None) -> tuple[Tensor, Tensor]:
         """(Abar_t: (..., N, N), Bbar_t x_t: (..., N)) for x: (..., d_model)."""
-        return bilinear_maps(*self._discretisation_terms(x, timesteps))
+        increments, weights, inputs = self._discretisation_terms(x, timesteps)
+        return bilinear_maps(self._half_step_matrices(increments, weights), inputs)
 
     def default_state(self, batch: int, device: torch.device | None = None) -> Tensor:
         return torch.zeros(batch, self.d_state, dtype=self.A_0.dtype, device=device or self.A_0.device)
@@ -96,8 +98,20 @@ class IDS4(nn.Module):
         if mode == "loop":
             state = self.default_state(x.shape[0], x.device) if state is None else state
             return step_through(self.step, x, state, lengths, {"integration_timesteps": integration_timesteps})
-        states = bilinear_recurrence(*self._discretisation_terms(x, integration_timesteps), state, mode="scan")
+        states = self._states(x, state, integration_timesteps)
         return states @ self.C.T + self.D * x, state_at_lengths(states, lengths)
+
+    def _states(self, x: Tensor, state: Tensor | None, timesteps: Tensor | None) -> Tensor:
+        """Every state h_t: (B, L, d_state), by ``bilinear_recurrence``: over the whole sequence on GPUs (its parallel
+        scan wants it all), on CPU in windows of steps whose maps stay in reused memory (``window_steps``; a
+        sequential recurrence anyway, so windows change nothing but the memory it runs in)."""
+        increments, weights, inputs = self._discretisation_terms(x, timesteps)
+        steps = window_steps("auto", x.shape[0], self.d_state, weights.dtype, x.device)
+
+        def maps(window_increments: Tensor, window_inputs: Tensor) -> tuple[Tensor, Tensor]:
+            return self._half_step_matrices(window_increments, weights), window_inputs
+
+        return chunked_matrix_recurrence(maps, (increments, inputs), state, steps, recurrence=bilinear_recurrence)
 
     def step(self, x_t: Tensor, state: Tensor, integration_timesteps: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """x_t: (B, d_model), state: (B, d_state) -> (y_t, next state)."""

@@ -20,9 +20,12 @@ in a few dozen steps; the state, ~e^{sum_t Re lambda_max(M_t)}, then overflowed 
 NaN at step 132). With the factor outside, a step moves A_i by lr / init_std of its size, as for any
 O(1) weight, and the growth rate of the state follows the loss instead of the learning rate.
 
-Modes: "scan" (the per-step affine maps composed by a parallel scan on CUDA, applied step by step on CPU
-(``ssm_lab.ops.matrix_scan.matrix_recurrence``), in windows of
-``chunk_length`` steps, optionally recomputed in the backward pass: memory bounded by the window),
+Modes: "scan" (the per-step affine maps composed by a parallel scan on CUDA; on CPU the sequential
+recurrence, where the exact solver applies each step's exponential to the state instead of forming it,
+``ssm_lab.ops.exp_action.affine_flow_recurrence``: m 2^s matrix-vector products per step against ~(5 + s)
+matrix products), in windows of ``chunk_length`` steps ("auto": the whole sequence on CUDA, 16 MiB of maps
+on CPU, ``ssm_lab.ops.matrix_scan.window_steps``), optionally recomputed in the backward pass: memory
+bounded by the window),
 "loop" (the recurrence step by step, the reference) and "adaptive" (an embedded Dormand-Prince RK5(4) with
 error control on every increment, for comparison with the fixed-step solvers; ``solver`` unused).
 """
@@ -30,13 +33,15 @@ error control on every increment, for comparison with the fixed-step solvers; ``
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
 from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
 from ssm_lab.cores.stepping import check_timesteps, step_through
-from ssm_lab.ops.matrix_scan import batched_affine_exp, chunked_matrix_recurrence
+from ssm_lab.ops.exp_action import affine_flow_recurrence
+from ssm_lab.ops.matrix_scan import batched_affine_exp, chunked_matrix_recurrence, matrix_recurrence, window_steps
 from ssm_lab.optim import mark_recurrence
 from ssm_lab.validation import check_positive
 
@@ -93,24 +98,26 @@ class LinearCDE(nn.Module):
         rtol: float = 1e-6,
         atol: float = 1e-8,
         max_exp_batch: int | str | None = "auto",
-        chunk_length: int | None = None,
+        chunk_length: int | str | None = "auto",
         recompute: bool = False,
     ) -> None:
-        """``max_exp_batch``: most matrices per ``affine_exp`` call (None: one call; "auto": by device, see
-        ``ssm_lab.ops.matrix_scan.AUTO_EXP_BATCH``); ``chunk_length``: steps per
-        scan window (None: the whole sequence); ``recompute``: rebuild each window's maps in backward."""
+        """``max_exp_batch``: most matrices per ``affine_exp`` call where the exponentials are formed (None: one call;
+        "auto": by device, see ``ssm_lab.ops.matrix_scan.AUTO_EXP_BATCH``); ``chunk_length``: steps per scan window
+        (None: the whole sequence; "auto": by device); ``recompute``: rebuild each window's maps in backward."""
         super().__init__()
         if solver not in SOLVERS:
             raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
         check_positive(d_state=d_state)
         if init_std <= 0 or rtol <= 0 or atol <= 0:
             raise ValueError(f"init_std, rtol and atol must be positive, got {init_std}, {rtol}, {atol}")
-        if max_exp_batch != "auto" and max_exp_batch is not None and (
-            not isinstance(max_exp_batch, int) or max_exp_batch <= 0
+        if (
+            max_exp_batch != "auto"
+            and max_exp_batch is not None
+            and (not isinstance(max_exp_batch, int) or max_exp_batch <= 0)
         ):
             raise ValueError(f"max_exp_batch must be a positive integer, 'auto' or None, got {max_exp_batch!r}")
-        if chunk_length is not None and (not isinstance(chunk_length, int) or chunk_length <= 0):
-            raise ValueError(f"chunk_length must be a positive integer or None, got {chunk_length!r}")
+        if chunk_length not in (None, "auto") and (not isinstance(chunk_length, int) or chunk_length <= 0):
+            raise ValueError(f"chunk_length must be a positive integer, 'auto' or None, got {chunk_length!r}")
         self.d_model, self.d_state, self.solver, self.rtol, self.atol = d_model, d_state, solver, rtol, atol
         self.max_exp_batch, self.chunk_length, self.recompute = max_exp_batch, chunk_length, recompute
         channels = d_model + 1  # the time channel first
@@ -129,16 +136,26 @@ class LinearCDE(nn.Module):
 
     def vector_field(self, x: Tensor, timesteps: Tensor | None) -> tuple[Tensor, Tensor]:
         """(M_t: (..., N, N), v_t: (..., N)) of the affine ODE on each increment."""
-        increments = self._increments(x, timesteps)
-        M = torch.einsum("...i,inm->...nm", increments, self.A_weight) * self.field_scale
-        return M, increments @ self.B.T
+        return self._fields(self._increments(x, timesteps))
+
+    def _fields(self, increments: Tensor) -> tuple[Tensor, Tensor]:
+        """``vector_field`` from the increments. M_t = sum_i Delta X^i_t A_i is one product of the increments with
+        the (1 + H, N N) scaled fields, laid out column-major (the transpose of a contiguous tensor): the order in
+        which the CPU kernel of the exact solver reads it."""
+        fields = (self.A_weight * self.field_scale).mT.flatten(1)  # row i: A_i^T, flattened
+        return (increments @ fields).unflatten(-1, (self.d_state, self.d_state)).mT, increments @ self.B.T
+
+    def _euler_maps(self, increments: Tensor) -> tuple[Tensor, Tensor]:
+        """The Euler step's affine map per increment: (I + M_t, v_t)."""
+        M, v = self._fields(increments)
+        return torch.eye(self.d_state, dtype=M.dtype, device=M.device) + M, v
 
     def transitions(self, x: Tensor, timesteps: Tensor | None) -> tuple[Tensor, Tensor]:
         """The fixed-step solver's affine map per increment: h_t = T_t h_{t-1} + c_t."""
-        M, v = self.vector_field(x, timesteps)
+        increments = self._increments(x, timesteps)
         if self.solver == "euler":
-            return torch.eye(self.d_state, dtype=M.dtype, device=M.device) + M, v
-        return batched_affine_exp(M, v, self.max_exp_batch)
+            return self._euler_maps(increments)
+        return batched_affine_exp(*self._fields(increments), self.max_exp_batch)
 
     def default_state(self, batch: int, device: torch.device | None = None) -> Tensor:
         return torch.zeros(batch, self.d_state, dtype=self.B.dtype, device=device or self.B.device)
@@ -163,11 +180,13 @@ class LinearCDE(nn.Module):
         if mode == "adaptive":
             return step_through(self._adaptive_step, x, state, lengths, per_step)
 
-        def maps(start: int, stop: int) -> tuple[Tensor, Tensor]:
-            window = None if integration_timesteps is None else integration_timesteps[:, start:stop]
-            return self.transitions(x[:, start:stop], window)
-
-        states = chunked_matrix_recurrence(maps, x.shape[1], state, self.chunk_length, self.recompute)
+        if self.solver == "euler":
+            maps, recurrence = self._euler_maps, matrix_recurrence
+        else:  # the flow of each step's field: by its exponential's action on the state where that is faster
+            maps, recurrence = self._fields, partial(affine_flow_recurrence, max_exp_batch=self.max_exp_batch)
+        steps = window_steps(self.chunk_length, x.shape[0], self.d_state, self.B.dtype, x.device)
+        increments = self._increments(x, integration_timesteps)
+        states = chunked_matrix_recurrence(maps, (increments,), state, steps, self.recompute, recurrence)
         return self.readout(states), state_at_lengths(states, lengths)
 
     def step(self, x_t: Tensor, state: Tensor, integration_timesteps: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -12,7 +12,8 @@ Taylor polynomial (Paterson-Stockmeyer) in plain products, whose autograd backwa
 torch.linalg.matrix_exp's.
 Large batches: ``batched_affine_exp`` bounds how many matrices one call sees, and
 ``chunked_matrix_recurrence`` builds and runs the maps one time window at a time (optionally
-recomputing them in the backward pass), so memory grows with the window, not with L.
+recomputing them in the backward pass), so memory grows with the window, not with L; on CPU windows
+under glibc's mmap ceiling also keep the maps in reused heap memory (``window_steps``).
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ __all__ = [
     "batched_affine_exp",
     "bilinear_maps",
     "bilinear_recurrence",
+    "CPU_WINDOW_BYTES",
     "chunked_matrix_recurrence",
     "matrix_recurrence",
     "matrix_recurrence_ref",
     "matrix_recurrence_scan",
     "matrix_recurrence_sequential",
     "taylor_degree",
+    "window_steps",
 ]
 
 
@@ -199,23 +202,51 @@ def bilinear_recurrence(half_step_A: Tensor, inputs: Tensor, h0: Tensor | None =
     return _BilinearRecurrence.apply(half_step_A, inputs, h0)
 
 
+def _bilinear_steps(half_step_A: Tensor, inputs: Tensor, h0: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """The Python twin of ``cpu_loops.bilinear_forward``: (factors, pivots, states) with K_t = I - S_t factorised
+    by torch.linalg.lu_factor (its layout) and h_t = K_t^{-1} (2 h_{t-1} + u_t) - h_{t-1} a few tensor operations
+    per step."""
+    eye = torch.eye(inputs.shape[-1], dtype=inputs.dtype, device=inputs.device)
+    factors, pivots = torch.linalg.lu_factor(eye - half_step_A)
+    h = torch.zeros_like(inputs[:, 0]) if h0 is None else h0
+    states = torch.empty_like(inputs)
+    for t in range(inputs.shape[1]):
+        rhs = torch.add(inputs[:, t], h, alpha=2).unsqueeze(-1)
+        h = torch.sub(torch.linalg.lu_solve(factors[:, t], pivots[:, t], rhs).squeeze(-1), h, out=states[:, t])
+    return factors, pivots, states
+
+
+def _bilinear_adjoint_steps(
+    factors: Tensor, pivots: Tensor, states: Tensor, h0: Tensor | None, grad_states: Tensor, with_grad_S: bool
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The Python twin of ``cpu_loops.bilinear_adjoint`` on ``_bilinear_steps``' factors: (q, r_0, dS or None)."""
+    q = torch.empty_like(grad_states)
+    to_earlier = torch.zeros_like(grad_states[:, 0])  # r_{t+1} = g_{t+1} - 2 q_{t+1}, what step t's gradient loses
+    for t in range(grad_states.shape[1] - 1, -1, -1):
+        g = torch.sub(grad_states[:, t], to_earlier)
+        q_t = torch.linalg.lu_solve(factors[:, t], pivots[:, t], g.unsqueeze(-1), adjoint=True).squeeze(-1)
+        q[:, t] = q_t
+        to_earlier = torch.add(g, q_t, alpha=-2)
+    grad_half_step_A = None
+    if with_grad_S:
+        initial = torch.zeros_like(states[:, :1]) if h0 is None else h0.unsqueeze(1)
+        z = states + torch.cat([initial, states[:, :-1]], dim=1)
+        grad_half_step_A = q.unsqueeze(-1) * z.unsqueeze(-2)
+    return q, to_earlier, grad_half_step_A
+
+
 class _BilinearRecurrence(torch.autograd.Function):
     """Forward z_t = K_t^{-1} (2 h_{t-1} + u_t), h_t = z_t - h_{t-1} with K_t = I - S_t, so z_t = h_t + h_{t-1}.
     Backward, g_t = dLoss/dh_t through all later steps: q_t = K_t^{-T} g_t, g_{t-1} = dh_{t-1} + 2 q_t - g_t;
-    then du_t = q_t, dS_t = -dK_t = q_t z_t^T (one batched outer product), dh0 = 2 q_0 - g_0."""
+    then du_t = q_t, dS_t = -dK_t = q_t z_t^T, dh0 = 2 q_0 - g_0. Both passes in C where it applies
+    (``ssm_lab.ops.cpu.matrix_recurrence``: it factorises K_t itself, in its own layout, and writes dS_t), else
+    their Python twins (``_bilinear_steps``, ``_bilinear_adjoint_steps``)."""
 
     @staticmethod
     def forward(ctx, half_step_A: Tensor, inputs: Tensor, h0: Tensor | None) -> Tensor:
-        eye = torch.eye(inputs.shape[-1], dtype=inputs.dtype, device=inputs.device)
-        factors, pivots = torch.linalg.lu_factor(eye - half_step_A)
-        if _in_c(factors, inputs, h0):
-            states = cpu_loops.bilinear_forward(factors, pivots, inputs, h0)
-        else:
-            h = torch.zeros_like(inputs[:, 0]) if h0 is None else h0
-            states = torch.empty_like(inputs)
-            for t in range(inputs.shape[1]):
-                rhs = torch.add(inputs[:, t], h, alpha=2).unsqueeze(-1)
-                h = torch.sub(torch.linalg.lu_solve(factors[:, t], pivots[:, t], rhs).squeeze(-1), h, out=states[:, t])
+        ctx.in_c = _in_c(half_step_A, inputs, h0)  # the factors' layout: the backward must run where they came from
+        steps = cpu_loops.bilinear_forward if ctx.in_c else _bilinear_steps
+        factors, pivots, states = steps(half_step_A, inputs, h0)
         ctx.save_for_backward(factors, pivots, states, h0)
         return states
 
@@ -223,21 +254,8 @@ class _BilinearRecurrence(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_states: Tensor) -> tuple[Tensor | None, Tensor, Tensor | None]:
         factors, pivots, states, h0 = ctx.saved_tensors
-        if _in_c(factors, grad_states):
-            q, to_earlier = cpu_loops.bilinear_adjoint(factors, pivots, grad_states)
-        else:
-            q = torch.empty_like(grad_states)
-            to_earlier = torch.zeros_like(grad_states[:, 0])  # g_{t+1} - 2 q_{t+1}, what step t's gradient loses
-            for t in range(grad_states.shape[1] - 1, -1, -1):
-                g = torch.sub(grad_states[:, t], to_earlier)
-                q_t = torch.linalg.lu_solve(factors[:, t], pivots[:, t], g.unsqueeze(-1), adjoint=True).squeeze(-1)
-                q[:, t] = q_t
-                to_earlier = torch.add(g, q_t, alpha=-2)
-        grad_half_step_A = None
-        if ctx.needs_input_grad[0]:
-            initial = torch.zeros_like(states[:, :1]) if h0 is None else h0.unsqueeze(1)
-            z = states + torch.cat([initial, states[:, :-1]], dim=1)
-            grad_half_step_A = q.unsqueeze(-1) * z.unsqueeze(-2)
+        adjoint = cpu_loops.bilinear_adjoint if ctx.in_c else _bilinear_adjoint_steps
+        q, to_earlier, grad_half_step_A = adjoint(factors, pivots, states, h0, grad_states, ctx.needs_input_grad[0])
         return grad_half_step_A, q, None if h0 is None else -to_earlier
 
 
@@ -358,36 +376,55 @@ def batched_affine_exp(M: Tensor, v: Tensor, max_batch: int | str | None = "auto
     return torch.cat([E for E, _ in parts]).view(M.shape), torch.cat([c for _, c in parts]).view(v.shape)
 
 
+#: On CPU, ``chunk_length="auto"`` builds and runs the maps this many bytes at a time. Below glibc's 32 MiB mmap
+#: ceiling every window's maps (and their factors and gradients) come from the heap, reused, instead of fresh
+#: mappings faulted in page by page, and a window's maps are still in cache when the recurrence reads them. IDS4 at
+#: B=16, L=1024, N=64 (64 steps a window), 2 threads, forward and backward: ~330 ms against ~490 ms for the whole
+#: sequence at once (32k page faults a step against 200k); 32 to 128 steps a window did about the same.
+CPU_WINDOW_BYTES = 16 * 2**20
+
+
+def window_steps(
+    chunk_length: int | str | None, batch: int, state_size: int, dtype: torch.dtype, device: torch.device
+) -> int | None:
+    """``chunked_matrix_recurrence``'s steps per window for a core's ``chunk_length``: an integer as it is, None (the
+    whole sequence) as it is, "auto": maps of ``CPU_WINDOW_BYTES`` on CPU (batch x steps x N x N elements of
+    ``dtype``), None elsewhere (a parallel scan wants the whole sequence)."""
+    if chunk_length != "auto":
+        return chunk_length
+    return max(1, CPU_WINDOW_BYTES // (batch * state_size**2 * dtype.itemsize)) if device.type == "cpu" else None
+
+
 def chunked_matrix_recurrence(
-    maps: Callable[[int, int], tuple[Tensor, Tensor]],
-    length: int,
-    h0: Tensor,
+    maps: Callable[..., tuple[Tensor, Tensor]],
+    inputs: tuple[Tensor, ...],
+    h0: Tensor | None,
     chunk_length: int | None = None,
     recompute: bool = False,
+    recurrence: Callable[[Tensor, Tensor, Tensor | None], Tensor] = matrix_recurrence,
 ) -> Tensor:
-    """Every state of h_t = M_t h_{t-1} + v_t, t < length, from h0: (B, N) -> (B, length, N).
+    """Every state of a dense recurrence whose per-step maps are built from ``inputs`` (each (B, L, ...)), a time
+    window at a time: ``recurrence(*maps(*window_inputs), state)`` -> (B, window, N) per window, from the state the
+    previous one ended in (h0 first). Default: ``matrix_recurrence`` (mode "scan") on maps (M, v), h_t = M_t h_{t-1}
+    + v_t; IDS4 runs ``bilinear_recurrence`` on its (S, u), the Linear CDE ``affine_flow_recurrence`` on (M, v).
 
-    ``maps(start, stop)`` returns (M, v) of the steps start..stop-1: (B, stop - start, N, N), (B, stop - start, N).
-    Each window of ``chunk_length`` steps (None: the whole sequence) is run by
-    ``matrix_recurrence(..., mode="scan")`` from the state the previous window ended in. With
-    ``recompute`` (and autograd on) a window's maps are not kept for the backward pass but rebuilt
-    there (activation checkpointing), so the memory held is the states plus one window's maps
-    instead of all L of them."""
+    Windows of ``chunk_length`` steps (None: the whole sequence; ``window_steps`` picks by device). The inputs are
+    split, not sliced: the backward joins the windows' gradients in one pass instead of one per window. With
+    ``recompute`` (and autograd on) a window's maps are not kept for the backward pass but rebuilt there
+    (activation checkpointing), so the memory held is the states plus one window's maps instead of all L."""
     if chunk_length is not None and (not isinstance(chunk_length, int) or chunk_length <= 0):
         raise ValueError(f"chunk_length must be a positive integer or None, got {chunk_length!r}")
-    step = length if chunk_length is None else chunk_length
 
-    def window(start: int, stop: int, state: Tensor) -> Tensor:
-        M, v = maps(start, stop)
-        return matrix_recurrence(M, v, state)
+    def window(state: Tensor | None, *window_inputs: Tensor) -> Tensor:
+        return recurrence(*maps(*window_inputs), state)
 
+    steps = inputs[0].shape[1] if chunk_length is None else chunk_length
     outputs, state = [], h0
-    for start in range(0, length, step):
-        stop = min(start + step, length)
+    for window_inputs in zip(*(x.split(steps, dim=1) for x in inputs), strict=True):
         if recompute and torch.is_grad_enabled():
-            states = checkpoint(window, start, stop, state, use_reentrant=False)
+            states = checkpoint(window, state, *window_inputs, use_reentrant=False)
         else:
-            states = window(start, stop, state)
+            states = window(state, *window_inputs)
         outputs.append(states)
         state = states[:, -1]
     return torch.cat(outputs, dim=1) if len(outputs) > 1 else outputs[0]
