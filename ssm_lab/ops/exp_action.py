@@ -7,11 +7,11 @@ M: (B, L, N, N), v: (B, L, N), h0: (B, N) -> (B, L, N). Two ways to the same val
 - forming the maps: ``affine_exp`` (scaling and squaring, ~(5 + s) products of N^3 per step) and then
   ``matrix_recurrence``. The parallel scan needs the maps, so this is the CUDA path, and the reference.
 - the action of the exponential on the state (Al-Mohy & Higham 2011, "Computing the action of the matrix
-  exponential", SIAM J. Sci. Comput.): with s from ||M_t||_1 as in ``affine_exp`` (the fewest halvings to
-  ``TAYLOR_RADIUS``), apply 2^s times the flow over 2^-s, each the same degree-m Taylor polynomial of the
-  augmented exponential on [h; 1] by Horner in matrix-vector products, m 2^s products of N^2 per step: the
-  sequential CPU path (``ssm_lab/ops/cpu/exp_action.c``), forward and backward in C. The truncation error is
-  ``affine_exp``'s (the same polynomial, applied instead of squared).
+  exponential", SIAM J. Sci. Comput.): with s from ||M_t||_1 as in ``affine_exp`` (``scaling_squarings``: the
+  fewest halvings to ``TAYLOR_RADIUS``), apply 2^s times the flow over 2^-s, each the same degree-m Taylor
+  polynomial of the augmented exponential on [h; 1] by Horner in matrix-vector products, m 2^s products of
+  N^2 per step: the sequential CPU path (``ssm_lab/ops/cpu/exp_action.c``), forward and backward in C. The
+  truncation error is ``affine_exp``'s (the same polynomial, applied instead of squared).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ssm_lab.ops.matrix_scan import TAYLOR_RADIUS, batched_affine_exp, matrix_recurrence, taylor_degree
+from ssm_lab.ops.matrix_scan import batched_affine_exp, matrix_recurrence, scaling_squarings, taylor_degree
 
 CPU_KERNEL_UNAVAILABLE: str | None = None
 try:  # compiled on first import (ssm_lab.ops.cpu.build)
@@ -35,10 +35,9 @@ __all__ = ["MAX_ACTION_SQUARINGS", "affine_flow_recurrence", "exp_action_recurre
 MAX_ACTION_SQUARINGS = 6
 
 
-def _squarings(norms: Tensor) -> Tensor:
-    """The fewest halvings s >= 0 with norm / 2^s <= ``TAYLOR_RADIUS``; 0 for a non-finite norm (whose result is
-    not finite whatever s is)."""
-    return torch.log2(norms / TAYLOR_RADIUS).ceil().clamp(min=0).nan_to_num(nan=0.0, posinf=0.0).to(torch.int32)
+def _squarings(M: Tensor) -> Tensor:
+    """Each step's halvings s (int32, ``scaling_squarings`` of ||M_t||_1, as ``affine_exp`` takes them)."""
+    return scaling_squarings(cpu_kernel.one_norms(M)).to(torch.int32)
 
 
 def exp_action_recurrence(M: Tensor, v: Tensor, h0: Tensor | None = None) -> Tensor:
@@ -53,7 +52,7 @@ def exp_action_recurrence(M: Tensor, v: Tensor, h0: Tensor | None = None) -> Ten
         raise ValueError(f"need M: (B, L, N, N) and v: (B, L, N), got {tuple(M.shape)} and {tuple(v.shape)}")
     if h0 is not None and h0.shape != (v.shape[0], v.shape[2]):
         raise ValueError(f"initial state must be (B, N) = {(v.shape[0], v.shape[2])}, got {tuple(h0.shape)}")
-    return _ExpActionRecurrence.apply(M, v, h0, _squarings(cpu_kernel.one_norms(M)))
+    return _ExpActionRecurrence.apply(M, v, h0, _squarings(M))
 
 
 def affine_flow_recurrence(
@@ -63,7 +62,7 @@ def affine_flow_recurrence(
     builds and every ||M_t||_1 <= 2^``MAX_ACTION_SQUARINGS``), else the maps formed by ``batched_affine_exp``
     (at most ``max_exp_batch`` per call) and run by ``matrix_recurrence`` in ``mode`` (any of its modes)."""
     if mode == "scan" and cpu_kernel is not None and cpu_kernel.applies(M, v, h0):
-        squarings = _squarings(cpu_kernel.one_norms(M))
+        squarings = _squarings(M)
         if squarings.numel() == 0 or int(squarings.max()) <= MAX_ACTION_SQUARINGS:
             return _ExpActionRecurrence.apply(M, v, h0, squarings)
     return matrix_recurrence(*batched_affine_exp(M, v, max_exp_batch), h0, mode=mode)

@@ -44,6 +44,7 @@ __all__ = [
     "matrix_recurrence_ref",
     "matrix_recurrence_scan",
     "matrix_recurrence_sequential",
+    "scaling_squarings",
     "taylor_degree",
     "window_steps",
 ]
@@ -276,6 +277,12 @@ def taylor_degree(dtype: torch.dtype) -> int:
     return degree
 
 
+def scaling_squarings(norms: Tensor) -> Tensor:
+    """The fewest halvings s >= 0 that bring each 1-norm to ``TAYLOR_RADIUS`` or below (same dtype as norms); 0 for
+    a non-finite norm, whose exponential is not finite whatever s is."""
+    return torch.log2(norms / TAYLOR_RADIUS).ceil().clamp(min=0).nan_to_num(nan=0.0, posinf=0.0)
+
+
 def _power_combination(powers: list[Tensor], coefficients: list[float]) -> Tensor:
     """sum_i c_i X^i over the stored powers X^1, X^2, ... (``powers[0]`` is X^0 = I, added on the diagonal)."""
     total = powers[1] * coefficients[1] if len(coefficients) > 1 else torch.zeros_like(powers[1])
@@ -322,9 +329,7 @@ def affine_exp(M: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     Plain products, so autograd differentiates it at about twice the forward's cost, where
     torch.linalg.matrix_exp's backward exponentiates a 2 (N + 1) block matrix. Equals torch.linalg.matrix_exp
     of the augmented matrix to rounding."""
-    norms = M.detach().abs().sum(-2).amax(-1)
-    # non-finite input gives a non-finite result whatever s is: no squarings then
-    squarings = torch.log2(norms / TAYLOR_RADIUS).ceil().clamp(min=0).nan_to_num(nan=0.0, posinf=0.0)
+    squarings = scaling_squarings(M.detach().abs().sum(-2).amax(-1))
     scale = torch.exp2(-squarings)
     X, w = M * scale[..., None, None], v * scale[..., None]
     degree = taylor_degree(M.dtype)
