@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ssm_lab.cores.lru import DiagonalLTICore
+from ssm_lab.inference_cache import cached_without_grad
 from ssm_lab.ops.spectral import normalize_to_contraction
 from ssm_lab.optim import mark_recurrence
 from ssm_lab.validation import check_positive
@@ -90,6 +91,7 @@ class L2N(DiagonalLTICore):
         K11 = torch.diag_embed(diagonal) + torch.diag_embed(above, offset=1) + torch.diag_embed(below, offset=-1)
         return torch.cat([torch.cat([K11, self.K12], dim=1), torch.cat([self.K21, self.K22], dim=1)], dim=0)
 
+    @cached_without_grad
     def system_and_gain_bound(self) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], Tensor]:
         """(lambda, B, C, D) read off the contraction K, and gamma * (certified ||K||_2 <= 1)."""
         K, norm = normalize_to_contraction(self.raw_step_matrix(), self.gram_iterations)

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ssm_lab.cores.base import check_input, check_mode, fold_residual, state_at_lengths
 from ssm_lab.cores.l2n import check_gamma
+from ssm_lab.inference_cache import cached_without_grad
 from ssm_lab.ops.spectral import normalize_to_contraction
 from ssm_lab.optim import mark_recurrence
 from ssm_lab.validation import check_positive
@@ -83,6 +84,7 @@ class L2RU(nn.Module):
         else:
             self.register_buffer("log_gamma", log_gamma)
 
+    @cached_without_grad
     def system(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(A: (N, N), B: (N, H), C: (H, N), D: (H, H)) satisfying the bounded real lemma for gamma, in the
         parameters' precision even under autocast (in bf16 the lemma, and so the certificate, would not hold)."""

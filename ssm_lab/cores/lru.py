@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ssm_lab.cores.base import check_input, check_mode, fold_residual, state_at_lengths
+from ssm_lab.inference_cache import cached_without_grad
 from ssm_lab.ops.fft_conv import causal_conv
 from ssm_lab.ops.scan import linear_recurrence
 from ssm_lab.ops.spectral import spectral_norm_bound
@@ -255,10 +256,12 @@ class LRU(DiagonalLTICore):
         """lambda: (d_state,) complex, |lambda| < 1."""
         return torch.exp(torch.complex(-torch.exp(self.nu_log), torch.exp(self.theta_log)))
 
+    @cached_without_grad
     def system(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         B = torch.complex(self.B_re, self.B_im) * torch.exp(self.gamma_log).unsqueeze(-1)
         return self.eigenvalues(), B, torch.complex(self.C_re, self.C_im), self.D
 
+    @cached_without_grad
     def gain_bound(self) -> Tensor:
         """Upper bound of the zero-state L2 gain (H-infinity norm), valid for every parameter value.
 

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
 from ssm_lab.cores.l2n import check_gamma
+from ssm_lab.inference_cache import cached_without_grad
 from ssm_lab.ops.activations import fast_tanh
 from ssm_lab.ops.scan import linear_recurrence, linear_recurrence_adjoint
 from ssm_lab.ops.spectral import normalize_to_contraction
@@ -299,6 +300,7 @@ class TV(nn.Module):
         else:
             self.register_buffer("log_gamma", log_gamma)
 
+    @cached_without_grad
     def _projections(self) -> tuple[Tensor, Tensor, Tensor]:
         """(W_in, W_out) normalised to contractions, and the product of their certified norms: W_in and W_out^T,
         both (d_state, d_model), in one batched Gram iteration (half the small products and launches)."""

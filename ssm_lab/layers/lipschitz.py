@@ -13,6 +13,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ssm_lab.inference_cache import cached_without_grad
 from ssm_lab.layers.base import StaticLayer
 from ssm_lab.ops.activations import gated_tanh
 from ssm_lab.ops.gated_residual import gated_residual
@@ -30,6 +31,7 @@ class ContractiveLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(d_out, d_in))
         nn.init.orthogonal_(self.weight)
 
+    @cached_without_grad
     def contraction(self) -> tuple[Tensor, Tensor]:
         return normalize_to_contraction(self.weight)
 

@@ -25,6 +25,7 @@ from ssm_lab.cores.l2ru import L2RU
 from ssm_lab.cores.lru import LRU
 from ssm_lab.cores.tv import TV
 from ssm_lab.data.spec import TaskSpec
+from ssm_lab.inference_cache import cached_without_grad
 from ssm_lab.layers.glu import GLU
 from ssm_lab.layers.lipschitz import LGLU, LMLP, TLIP, LinearFF
 from ssm_lab.layers.mlp import MLP
@@ -166,6 +167,7 @@ class DeepSSM(nn.Module):
         """||E|| prod_k block bound ||W||: the bound before the prescribed-gamma scaling."""
         return torch.stack([*self._linear_norms(), *(block.gain_bound() for block in self.blocks)]).prod()
 
+    @cached_without_grad
     def _linear_norms(self) -> list[Tensor]:
         return [spectral_norm_bound(self.encoder.weight), spectral_norm_bound(self.decoder.weight)]
 
