@@ -1,4 +1,4 @@
-"""Benchmark 3 of issue 9: peak GPU memory of a 4-layer tv DeepSSM, fp32, forward + backward.
+"""Benchmark 3 of issue 9: peak GPU memory (and step time) of a 4-layer tv DeepSSM, fp32, forward + backward.
 
 B = 32, D = N = 256, L = 16384 (goal: at most 17 GiB), ours as is and with ``checkpoint=True``
 (activations recomputed in the backward pass); neural-ssm 0.44's DeepSSM of the same sizes
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ssm_lab.bench.recording import append_records, results_path
+from ssm_lab.bench.recording import append_records, median_ms, results_path
 from ssm_lab.models.deep_ssm import DeepSSM
 
 BATCH, WIDTH, LAYERS = 32, 256, 4
@@ -27,17 +27,23 @@ def _neural_ssm_model() -> nn.Module:
     return NeuralSSMDeepSSM(WIDTH, WIDTH, d_model=WIDTH, d_state=WIDTH, n_layers=LAYERS, param="tv")
 
 
-def _peak_of_fwd_bwd(model: nn.Module, length: int) -> float:
+def _peak_and_time_of_fwd_bwd(model: nn.Module, length: int) -> dict[str, float]:
     """Peak GiB allocated on the GPU during one training step's forward and backward, all counted
-    (parameters, input, activations, gradients)."""
+    (parameters, input, activations, gradients), and the step's median wall time (what the memory costs or
+    saves in time: ``checkpoint=True`` recomputes the activations)."""
     u = torch.randn(BATCH, length, WIDTH, device="cuda")
+
+    def step() -> None:
+        result = model(u, mode="scan")
+        y = result[0] if isinstance(result, tuple) else result
+        y.square().mean().backward()
+
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    result = model(u, mode="scan")
-    y = result[0] if isinstance(result, tuple) else result
-    y.square().mean().backward()
+    step()
     torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() / 2**30
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    return {"peak_gib": peak, "ms": median_ms(step, repeat_ms=2000)}
 
 
 def run(length: int, out: Path, peers: bool = True) -> list[dict]:
@@ -54,7 +60,7 @@ def run(length: int, out: Path, peers: bool = True) -> list[dict]:
     for name, build in builders.items():
         torch.manual_seed(0)
         try:
-            records.append({**base, "name": name, "peak_gib": _peak_of_fwd_bwd(build().cuda(), length)})
+            records.append({**base, "name": name, **_peak_and_time_of_fwd_bwd(build().cuda(), length)})
         except Exception as error:  # out of memory or a peer that does not import: reported, not fatal
             records.append({**base, "name": name, "error": f"{type(error).__name__}: {error}"[:300]})
         torch.cuda.empty_cache()
@@ -72,7 +78,8 @@ def main() -> None:
         raise SystemExit("ssm_lab.bench.memory needs a CUDA GPU")
     out = args.out or results_path()
     for record in run(args.length, out, peers=not args.no_peers):
-        print(f"{record['name']:<30} " + (f"{record['peak_gib']:.2f} GiB" if "peak_gib" in record else record["error"]))
+        measured = f"{record['peak_gib']:.2f} GiB, {record['ms']:.0f} ms" if "peak_gib" in record else record["error"]
+        print(f"{record['name']:<30} {measured}")
     print(f"appended to {out}")
 
 
