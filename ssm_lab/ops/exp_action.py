@@ -19,7 +19,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ssm_lab.ops.matrix_scan import batched_affine_exp, matrix_recurrence, scaling_squarings, taylor_degree
+from ssm_lab.ops.matrix_scan import (
+    batched_affine_exp,
+    check_shapes,
+    matrix_recurrence,
+    scaling_squarings,
+    taylor_degree,
+)
 
 CPU_KERNEL_UNAVAILABLE: str | None = None
 try:  # compiled on first import (ssm_lab.ops.cpu.build)
@@ -48,10 +54,7 @@ def exp_action_recurrence(M: Tensor, v: Tensor, h0: Tensor | None = None) -> Ten
         raise RuntimeError(f"the exp-action CPU kernel is unavailable: {CPU_KERNEL_UNAVAILABLE}")
     if not cpu_kernel.applies(M, v, h0):
         raise ValueError(f"the exp-action kernel takes CPU float32/float64 tensors, got {M.dtype} on {M.device}")
-    if v.dim() != 3 or M.shape != (*v.shape, v.shape[-1]):
-        raise ValueError(f"need M: (B, L, N, N) and v: (B, L, N), got {tuple(M.shape)} and {tuple(v.shape)}")
-    if h0 is not None and h0.shape != (v.shape[0], v.shape[2]):
-        raise ValueError(f"initial state must be (B, N) = {(v.shape[0], v.shape[2])}, got {tuple(h0.shape)}")
+    check_shapes(M, v, h0)
     return _ExpActionRecurrence.apply(M, v, h0, _squarings(M))
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "batched_affine_exp",
     "bilinear_maps",
     "bilinear_recurrence",
+    "check_shapes",
     "CPU_WINDOW_BYTES",
     "chunked_matrix_recurrence",
     "matrix_recurrence",
@@ -50,7 +51,8 @@ __all__ = [
 ]
 
 
-def _check(M: Tensor, v: Tensor, h0: Tensor | None) -> None:
+def check_shapes(M: Tensor, v: Tensor, h0: Tensor | None) -> None:
+    """Raise a clear error unless M: (B, L, N, N), v: (B, L, N) and h0: (B, N) or None."""
     if v.dim() != 3 or M.shape != (*v.shape, v.shape[-1]):
         raise ValueError(f"need M: (B, L, N, N) and v: (B, L, N), got {tuple(M.shape)} and {tuple(v.shape)}")
     if h0 is not None and h0.shape != (v.shape[0], v.shape[2]):
@@ -64,7 +66,7 @@ def _apply(M: Tensor, h: Tensor) -> Tensor:
 def matrix_recurrence_ref(M: Tensor, v: Tensor, h0: Tensor | None = None) -> Tensor:
     """Plain loop: h_t = M_t h_{t-1} + v_t, h_{-1} = h0 (zero if None); steps by ``unbind`` (see
     ``ssm_lab.ops.scan.linear_recurrence_ref``)."""
-    _check(M, v, h0)
+    check_shapes(M, v, h0)
     h = torch.zeros_like(v[:, 0]) if h0 is None else h0
     states = []
     for M_t, v_t in zip(M.unbind(1), v.unbind(1), strict=True):
@@ -95,7 +97,7 @@ def _odd_even_scan(M: Tensor, v: Tensor) -> Tensor:
 
 def matrix_recurrence_scan(M: Tensor, v: Tensor, h0: Tensor | None = None) -> Tensor:
     """Parallel scan of the same recurrence; equals ``matrix_recurrence_ref``."""
-    _check(M, v, h0)
+    check_shapes(M, v, h0)
     if h0 is not None:
         v = torch.cat([v[:, :1] + _apply(M[:, 0], h0).unsqueeze(1), v[:, 1:]], dim=1)
     return _odd_even_scan(M, v)
@@ -106,7 +108,7 @@ def matrix_recurrence_sequential(M: Tensor, v: Tensor, h0: Tensor | None = None)
 
     O(L N^2) work (one batched mat-vec per step) against the scan's O(L N^3): the faster path where
     nothing runs in parallel anyway (CPU). Equals ``matrix_recurrence_ref``."""
-    _check(M, v, h0)
+    check_shapes(M, v, h0)
     return _SequentialRecurrence.apply(M, v, h0)
 
 
@@ -199,7 +201,7 @@ def bilinear_recurrence(half_step_A: Tensor, inputs: Tensor, h0: Tensor | None =
     path = _path(mode, inputs)
     if path != "sequential":
         return _PATHS[path](*bilinear_maps(half_step_A, inputs), h0)
-    _check(half_step_A, inputs, h0)
+    check_shapes(half_step_A, inputs, h0)
     return _BilinearRecurrence.apply(half_step_A, inputs, h0)
 
 

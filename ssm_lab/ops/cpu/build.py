@@ -103,3 +103,15 @@ def bind(
         function.argtypes, function.restype = argtypes(REAL[dtype]), None
         functions[dtype] = function
     return functions
+
+
+def pointer(x: torch.Tensor | None) -> int | None:
+    """A tensor argument of a kernel: its data pointer, or None (NULL) for an absent one."""
+    return None if x is None else x.data_ptr()
+
+
+def on_cpu_in_one_dtype(dtypes: Sequence[torch.dtype], *tensors: torch.Tensor | None) -> bool:
+    """Whether the tensors given (None skipped) are all on the CPU and of one dtype among ``dtypes``: what a kernel
+    module's ``applies`` asks."""
+    given = [x for x in tensors if x is not None]
+    return all(x.device.type == "cpu" and x.dtype == given[0].dtype in dtypes for x in given)

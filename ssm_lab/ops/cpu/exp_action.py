@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ssm_lab.ops.cpu.build import INT, LONG, POINTER, bind, load_library
+from ssm_lab.ops.cpu.build import INT, LONG, POINTER, bind, load_library, on_cpu_in_one_dtype, pointer
 
 __all__ = ["SUPPORTED_DTYPES", "applies", "exp_action_backward", "exp_action_forward", "one_norms"]
 
@@ -30,12 +30,7 @@ _BACKWARD = bind(
 
 def applies(*tensors: Tensor | None) -> bool:
     """Whether the kernels take these tensors: all on the CPU, in one dtype of ``SUPPORTED_DTYPES`` (None skipped)."""
-    given = [x for x in tensors if x is not None]
-    return all(x.device.type == "cpu" and x.dtype == given[0].dtype in SUPPORTED_DTYPES for x in given)
-
-
-def _pointer(x: Tensor | None) -> int | None:
-    return None if x is None else x.data_ptr()
+    return on_cpu_in_one_dtype(SUPPORTED_DTYPES, *tensors)
 
 
 def _transposed(M: Tensor) -> Tensor:
@@ -60,7 +55,7 @@ def exp_action_forward(M: Tensor, v: Tensor, h0: Tensor | None, squarings: Tenso
     h0 = None if h0 is None else h0.contiguous()
     states = torch.empty_like(v)
     batch, length, n = v.shape
-    _FORWARD[v.dtype](MT.data_ptr(), v.data_ptr(), _pointer(h0), squarings.data_ptr(), states.data_ptr(),
+    _FORWARD[v.dtype](MT.data_ptr(), v.data_ptr(), pointer(h0), squarings.data_ptr(), states.data_ptr(),
                       batch, length, n, degree, torch.get_num_threads())  # fmt: skip
     return states
 
@@ -86,8 +81,8 @@ def exp_action_backward(
     grad_h0 = None if h0 is None else torch.empty_like(h0)
     max_substeps = 2 ** int(squarings.max()) if squarings.numel() else 1
     _BACKWARD[v.dtype](
-        MT.data_ptr(), v.data_ptr(), _pointer(h0), squarings.data_ptr(), states.data_ptr(), grad_states.data_ptr(),
-        _pointer(grad_MT), grad_v.data_ptr(), _pointer(grad_h0), batch, length, n, degree, max_substeps,
+        MT.data_ptr(), v.data_ptr(), pointer(h0), squarings.data_ptr(), states.data_ptr(), grad_states.data_ptr(),
+        pointer(grad_MT), grad_v.data_ptr(), pointer(grad_h0), batch, length, n, degree, max_substeps,
         torch.get_num_threads(),
     )  # fmt: skip
     return None if grad_MT is None else grad_MT.mT, grad_v, grad_h0

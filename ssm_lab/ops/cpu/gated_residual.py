@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ssm_lab.ops.cpu.build import INT, LONG, POINTER, bind, load_library
+from ssm_lab.ops.cpu.build import INT, LONG, POINTER, bind, load_library, on_cpu_in_one_dtype
 
 __all__ = ["SUPPORTED_DTYPES", "applies", "backward", "forward"]
 
@@ -32,8 +32,7 @@ _BACKWARD = bind(
 
 def applies(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     """Whether the layer's input, weight and bias are CPU tensors of one dtype in ``SUPPORTED_DTYPES``."""
-    tensors = [x, weight] + ([] if bias is None else [bias])
-    return all(t.device.type == "cpu" and t.dtype == x.dtype in SUPPORTED_DTYPES for t in tensors)
+    return on_cpu_in_one_dtype(SUPPORTED_DTYPES, x, weight, bias)
 
 
 def _bias(bias: Tensor | None, projected: Tensor) -> Tensor:

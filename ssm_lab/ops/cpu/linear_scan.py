@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ssm_lab.ops.cpu.build import INT, LONG, POINTER, bind, load_library
+from ssm_lab.ops.cpu.build import INT, LONG, POINTER, bind, load_library, pointer
 
 __all__ = ["SUPPORTED_DTYPES", "linear_scan", "linear_scan_adjoint"]
 
@@ -35,10 +35,6 @@ _ADJOINT = bind(
 )  # fmt: skip
 
 
-def _pointer(x: Tensor | None) -> int | None:
-    return None if x is None else x.data_ptr()
-
-
 def _a_strides(a: Tensor, batch: int, length: int, channels: int) -> tuple[int, int]:
     """Element strides of a (Ba, La, N) contiguous ``a`` along batch and time; 0 where it broadcasts."""
     a_stride_batch = a.shape[1] * channels if a.shape[0] == batch and batch > 1 else 0
@@ -54,7 +50,7 @@ class _LinearScan(torch.autograd.Function):
         batch, length, channels = b.shape
         h = torch.empty_like(b)
         _FORWARD[b.dtype](
-            a.data_ptr(), *_a_strides(a, batch, length, channels), b.data_ptr(), _pointer(h0), h.data_ptr(),
+            a.data_ptr(), *_a_strides(a, batch, length, channels), b.data_ptr(), pointer(h0), h.data_ptr(),
             batch, length, channels, torch.get_num_threads(),
         )  # fmt: skip
         ctx.save_for_backward(a, h, h0)
@@ -80,8 +76,8 @@ def linear_scan_adjoint(
     grad_a = torch.empty((batch, length, channels) if a_stride_time else (batch, 1, channels), dtype=h.dtype)
     grad_h0 = None if h0 is None else torch.empty_like(h0)
     _ADJOINT[h.dtype](
-        a.data_ptr(), a_stride_batch, a_stride_time, h.data_ptr(), _pointer(h0), grad_h.data_ptr(),
-        grad_a.data_ptr(), grad_b.data_ptr(), _pointer(grad_h0), batch, length, channels, torch.get_num_threads(),
+        a.data_ptr(), a_stride_batch, a_stride_time, h.data_ptr(), pointer(h0), grad_h.data_ptr(),
+        grad_a.data_ptr(), grad_b.data_ptr(), pointer(grad_h0), batch, length, channels, torch.get_num_threads(),
     )  # fmt: skip
     if a.shape[0] == 1 and batch > 1:
         grad_a = grad_a.sum(0, keepdim=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ssm_lab.ops.cpu.build import INT, LONG, POINTER, bind, load_library
+from ssm_lab.ops.cpu.build import INT, LONG, POINTER, bind, load_library, on_cpu_in_one_dtype, pointer
 
 __all__ = ["SUPPORTED_DTYPES", "affine_steps", "applies", "bilinear_adjoint", "bilinear_forward"]
 
@@ -36,12 +36,7 @@ VECTOR_BYTES = 64
 
 def applies(*tensors: Tensor | None) -> bool:
     """Whether the kernels take these tensors: all on the CPU, in one dtype of ``SUPPORTED_DTYPES`` (None skipped)."""
-    given = [x for x in tensors if x is not None]
-    return all(x.device.type == "cpu" and x.dtype == given[0].dtype in SUPPORTED_DTYPES for x in given)
-
-
-def _pointer(x: Tensor | None) -> int | None:
-    return None if x is None else x.data_ptr()
+    return on_cpu_in_one_dtype(SUPPORTED_DTYPES, *tensors)
 
 
 def affine_steps(M: Tensor, v: Tensor, h0: Tensor | None, reverse: bool = False) -> Tensor:
@@ -52,7 +47,7 @@ def affine_steps(M: Tensor, v: Tensor, h0: Tensor | None, reverse: bool = False)
     h0 = None if h0 is None or reverse else h0.contiguous()
     out = torch.empty_like(v)
     batch, length, n = v.shape
-    _AFFINE[v.dtype](M.data_ptr(), v.data_ptr(), _pointer(h0), out.data_ptr(), batch, length, n, int(reverse),
+    _AFFINE[v.dtype](M.data_ptr(), v.data_ptr(), pointer(h0), out.data_ptr(), batch, length, n, int(reverse),
                      torch.get_num_threads())  # fmt: skip
     return out
 
@@ -78,7 +73,7 @@ def bilinear_forward(half_step_A: Tensor, inputs: Tensor, h0: Tensor | None) -> 
     states, scratch = torch.empty_like(inputs), torch.empty(batch, stride, dtype=inputs.dtype)
     singular = torch.empty((), dtype=torch.long)
     _BILINEAR_FORWARD[inputs.dtype](
-        half_step_A.data_ptr(), inputs.data_ptr(), _pointer(h0), factors.data_ptr(), pivots.data_ptr(),
+        half_step_A.data_ptr(), inputs.data_ptr(), pointer(h0), factors.data_ptr(), pivots.data_ptr(),
         states.data_ptr(), scratch.data_ptr(), singular.data_ptr(), batch, length, n, stride,
         torch.get_num_threads(),
     )  # fmt: skip
@@ -102,8 +97,8 @@ def bilinear_adjoint(
     grad_S = torch.empty(batch, length, n, n, dtype=grad_states.dtype) if with_grad_S else None
     scratch = torch.zeros(batch, 2 * n, dtype=grad_states.dtype)
     _BILINEAR_ADJOINT[grad_states.dtype](
-        factors.data_ptr(), pivots.data_ptr(), states.data_ptr(), _pointer(h0), grad_states.data_ptr(),
-        q.data_ptr(), r0.data_ptr(), _pointer(grad_S), scratch.data_ptr(), batch, length, n, factors.shape[-1],
+        factors.data_ptr(), pivots.data_ptr(), states.data_ptr(), pointer(h0), grad_states.data_ptr(),
+        q.data_ptr(), r0.data_ptr(), pointer(grad_S), scratch.data_ptr(), batch, length, n, factors.shape[-1],
         torch.get_num_threads(),
     )  # fmt: skip
     return q, r0, grad_S

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ssm_lab.ops import tv_layout
-from ssm_lab.ops.cpu.build import INT, LONG, POINTER, bind, load_library
+from ssm_lab.ops.cpu.build import INT, LONG, POINTER, bind, load_library, on_cpu_in_one_dtype
 
 __all__ = ["SUPPORTED_DTYPES", "tv_steps", "tv_steps_applies", "tv_steps_backward"]
 
@@ -46,8 +46,7 @@ def _channel_parameters(delta_bias: Tensor, alpha: Tensor, dtype: torch.dtype) -
 
 def tv_steps_applies(selected: Tensor, drive_input: Tensor) -> bool:
     """Whether the kernels run for these inputs: CPU tensors of one dtype in ``SUPPORTED_DTYPES``."""
-    on_cpu = selected.device.type == "cpu" and drive_input.device.type == "cpu"
-    return on_cpu and selected.dtype == drive_input.dtype in SUPPORTED_DTYPES
+    return on_cpu_in_one_dtype(SUPPORTED_DTYPES, selected, drive_input)
 
 
 def tv_steps(
