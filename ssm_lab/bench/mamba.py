@@ -27,7 +27,7 @@ from torch import nn
 
 from ssm_lab.bench.recording import append_records, results_path
 from ssm_lab.cores.mamba import Mamba
-from ssm_lab.ops.selective_scan import kernel_applies
+from ssm_lab.ops.selective_scan import cpu_kernel_applies, kernel_applies
 
 # our parameter names -> mamba-ssm's (mamba_ssm.modules.mamba_simple.Mamba): the same block, renamed conv
 _MAMBA_SSM_NAMES = {"conv.weight": "conv1d.weight", "conv.bias": "conv1d.bias"}
@@ -79,7 +79,7 @@ def _peak_gib(fn: Callable[[], object], device: torch.device) -> float | None:
 def _candidates(core: Mamba, x: torch.Tensor) -> dict[str, tuple[Callable[[], torch.Tensor], list] | str]:
     """name -> (forward returning y, the leaves its backward reaches), or why it could not be built."""
     leaves = [x, *core.parameters()]
-    scan_path = "triton" if kernel_applies(x) else "torch"
+    scan_path = "triton" if kernel_applies(x) else ("C" if cpu_kernel_applies(x) else "torch")
     candidates: dict[str, tuple[Callable[[], torch.Tensor], list] | str] = {
         f"ssm_lab Mamba scan ({scan_path})": (lambda: core(x, mode="scan")[0], leaves),
         "ssm_lab Mamba torch_scan (torch)": (lambda: core(x, mode="torch_scan")[0], leaves),

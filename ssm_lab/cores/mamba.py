@@ -8,9 +8,10 @@ Spaces"), E = expand * d_model channels:
 ``eigenvalues="signed"`` replaces the decay by 2 exp(delta A) - 1 in (-1, 1) (Grazzi et al. 2025,
 "Unlocking State-Tracking in Linear RNNs Through Negative Eigenvalues", ICLR), which lets a
 layer flip signs and so track parity-like state. Modes (``ssm_lab.ops.selective_scan.selective_scan_by_mode``):
-"scan" (the Triton kernel ``ssm_lab.ops.triton.selective_scan`` on CUDA tensors of fp32/bf16/fp16, else the
-pure-PyTorch blocked scan), "torch_scan" (the pure-PyTorch scan on any device), "kernel" (Triton forced: CUDA
-tensors only, an error elsewhere) and "loop" (``step`` token by token, the reference).
+"scan" (the Triton kernel ``ssm_lab.ops.triton.selective_scan`` on CUDA tensors of fp32/bf16/fp16, the C kernel
+``ssm_lab.ops.cpu.selective_scan`` on CPU tensors of fp32/fp64, else the pure-PyTorch blocked scan),
+"torch_scan" (the pure-PyTorch scan on any device), "kernel" (Triton forced: CUDA tensors only, an error
+elsewhere) and "loop" (``step`` token by token, the reference).
 ``integration_timesteps`` tau scale delta (irregular sampling); padded steps get delta = 0, so the state
 passes through unchanged.
 """

@@ -8,8 +8,10 @@ state: (B, D, N). ``selective_scan_ref`` is the plain loop (the reference); ``se
 pure-PyTorch fast path (time blocks, states recomputed in the backward). The ``signed_*`` twins use
 the decay 2 exp(delta A) - 1 in (-1, 1) (Grazzi et al. 2025, "Unlocking State-Tracking in Linear
 RNNs Through Negative Eigenvalues"). ``selective_scan_by_mode(..., mode="scan")`` runs the Triton
-kernel (``ssm_lab.ops.triton.selective_scan``) on CUDA tensors of a dtype it supports and the torch
-path otherwise; "torch_scan" forces the torch path, "kernel" the Triton kernel, "loop" the reference.
+kernel (``ssm_lab.ops.triton.selective_scan``) on CUDA tensors of a dtype it supports, the C kernel
+(``ssm_lab.ops.cpu.selective_scan``, ``cpu_kernel_selective_scan``) on CPU tensors of one dtype in
+float32/float64, and the torch path otherwise; "torch_scan" forces the torch path, "kernel" the Triton
+kernel, "loop" the reference.
 """
 
 from __future__ import annotations
@@ -25,8 +27,17 @@ try:  # Triton ships with CUDA builds of torch; CPU installs run the torch paths
 except ImportError:
     triton_selective_scan = None
 
+CPU_KERNEL_UNAVAILABLE: str | None = None
+try:  # compiled on first import (ssm_lab.ops.cpu.build); no compiler, or SSM_LAB_CPU_KERNELS=0: ImportError
+    from ssm_lab.ops.cpu import selective_scan as cpu_selective_scan
+except ImportError as error:
+    cpu_selective_scan, CPU_KERNEL_UNAVAILABLE = None, str(error)
+
 __all__ = [
+    "CPU_KERNEL_UNAVAILABLE",
     "MODES",
+    "cpu_kernel_applies",
+    "cpu_kernel_selective_scan",
     "kernel_applies",
     "positive_decay",
     "selective_scan",
@@ -211,6 +222,52 @@ def _blocked(u, delta, A, B, C, D, h0, chunk_size: int, signed: bool) -> tuple[T
     return (y if D is None else y + D * u), final
 
 
+class _CpuSelectiveScan(torch.autograd.Function):
+    """The C kernel (``ssm_lab.ops.cpu.selective_scan``) as an autograd node: one pass forward that keeps the
+    state entering every block of ``CHECKPOINT_STEPS`` steps, one pass backward that recomputes a block's states
+    from it (the adjoint of ``_BlockedSelectiveScan``, plus dD = sum dy u and D dy in du)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, h0, signed: bool):
+        y, final, checkpoints = cpu_selective_scan.forward(u, delta, A, B, C, D, h0, signed)
+        ctx.save_for_backward(u, delta, A, B, C, D, checkpoints)
+        ctx.signed, ctx.has_h0 = signed, h0 is not None
+        return y, final
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y: Tensor, grad_final: Tensor | None):
+        u, delta, A, B, C, D, checkpoints = ctx.saved_tensors
+        *grads, grad_h0 = cpu_selective_scan.backward(u, delta, A, B, C, D, checkpoints, grad_y, grad_final, ctx.signed)
+        return *grads, grad_h0 if ctx.has_h0 else None, None
+
+
+def cpu_kernel_applies(*tensors: Tensor | None) -> bool:
+    """Whether ``mode="scan"`` runs the C kernel: it was built (``CPU_KERNEL_UNAVAILABLE`` says why not) and every
+    given tensor is a CPU tensor of one dtype it takes (float32, float64); None entries are skipped."""
+    return cpu_selective_scan is not None and cpu_selective_scan.applies(*tensors)
+
+
+def cpu_kernel_selective_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    initial_state: Tensor | None = None,
+    signed: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """The selective scan by the C kernel (signed: decay 2 exp(delta A) - 1): CPU tensors of one dtype in
+    float32/float64, else a ValueError naming them. Returns (y: (B, L, D), final_state: (B, D, N))."""
+    if cpu_selective_scan is None:
+        raise ValueError(f"the C selective scan is not available here: {CPU_KERNEL_UNAVAILABLE}")
+    _check_shapes(u, delta, A, B, C, D, initial_state)
+    if u.shape[1] == 0:
+        raise ValueError("the selective scan needs at least one step, got L = 0")
+    return _CpuSelectiveScan.apply(u, delta, A, B, C, D, initial_state, signed)
+
+
 def selective_scan_ref(u, delta, A, B, C, D=None, initial_state=None) -> tuple[Tensor, Tensor]:
     """The plain loop over time (the reference). Returns (y: (B, L, D), final_state: (B, D, N))."""
     return _loop(u, delta, A, B, C, D, initial_state, positive_decay)
@@ -283,15 +340,18 @@ def selective_scan_by_mode(
     signed: bool = False,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[Tensor, Tensor]:
-    """Dispatch on ``mode``: "scan" (the Triton kernel where ``kernel_applies``, else the torch path),
-    "torch_scan" (``selective_scan``, any device), "kernel" (Triton; CUDA tensors of fp32/bf16/fp16 only,
-    a ValueError elsewhere), "loop" (``selective_scan_ref``). ``signed`` picks the 2 exp(delta A) - 1 decay."""
+    """Dispatch on ``mode``: "scan" (the Triton kernel where ``kernel_applies``, the C kernel where
+    ``cpu_kernel_applies``, else the torch path), "torch_scan" (``selective_scan``, any device), "kernel" (Triton;
+    CUDA tensors of fp32/bf16/fp16 only, a ValueError elsewhere), "loop" (``selective_scan_ref``). ``signed``
+    picks the 2 exp(delta A) - 1 decay."""
     if mode not in MODES:
         raise ValueError(f"unknown selective scan mode {mode!r}; choose one of {', '.join(MODES)}")
     args = (u, delta, A, B, C, D, initial_state)
     if mode == "kernel" or (mode == "scan" and kernel_applies(*args)):
         _check_shapes(*args)
         return _kernel(signed)(*args)
+    if mode == "scan" and cpu_kernel_applies(*args):
+        return cpu_kernel_selective_scan(*args, signed=signed)
     if mode == "loop":
         return (signed_selective_scan_ref if signed else selective_scan_ref)(*args)
     return (signed_selective_scan if signed else selective_scan)(*args, chunk_size=chunk_size)
