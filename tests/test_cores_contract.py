@@ -164,6 +164,12 @@ def test_wrong_input_width_is_an_error(name):
         build(name)(torch.zeros(2, 3, 5, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("name", list(CORES))
+def test_an_empty_sequence_is_an_error(name):
+    with pytest.raises(ValueError, match=r"at least one step \(L >= 1\), got shape \(2, 0, 4\)"):
+        build(name)(torch.zeros(2, 0, 4, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("name", TIME_VARYING)
 def test_unit_timesteps_equal_the_regular_grid(name):
     core, x = build(name), inputs()

@@ -8,9 +8,11 @@ from torch import Tensor
 
 
 def check_input(x: Tensor, d_model: int) -> None:
-    """Raise a clear error unless x is (B, L, d_model)."""
+    """Raise a clear error unless x is (B, L, d_model) with at least one step."""
     if x.dim() != 3 or x.shape[-1] != d_model:
         raise ValueError(f"core input must be (B, L, {d_model}), got shape {tuple(x.shape)}")
+    if x.shape[1] == 0:
+        raise ValueError(f"core input needs at least one step (L >= 1), got shape {tuple(x.shape)}")
 
 
 def check_mode(mode: str, modes: tuple[str, ...], core: str) -> None:
