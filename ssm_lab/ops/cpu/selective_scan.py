@@ -54,12 +54,12 @@ def forward(
     D: Tensor | None,
     initial_state: Tensor | None,
     signed: bool,
-    steps: int = CHECKPOINT_STEPS,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """h_t = a_t h_{t-1} + delta_t B_t u_t, y_t = C_t . h_t + D u_t, a_t = exp(delta_t A) (signed: 2 exp(delta_t A)
     - 1), in one pass. u, delta: (B, L, D), A: (D, N), B, C: (B, L, N), D: (D,) or None, initial_state:
     (B, D, N) or None; shapes checked by the caller, L >= 1. Returns (y: (B, L, D), final state: (B, D, N),
-    checkpoints: (B, ceil(L / steps), D, N), the state entering each block of ``steps`` steps, for ``backward``)."""
+    checkpoints: (B, ceil(L / CHECKPOINT_STEPS), D, N), the state entering each block of ``CHECKPOINT_STEPS`` steps,
+    for ``backward``)."""
     _check({"u": u, "delta": delta, "A": A, "B": B, "C": C, "D": D, "initial_state": initial_state})
     batch, length, channels = u.shape
     size = A.shape[1]
@@ -67,11 +67,11 @@ def forward(
     D, initial_state = (None if x is None else x.contiguous() for x in (D, initial_state))
     y = torch.empty_like(u)
     final = u.new_empty(batch, channels, size)
-    checkpoints = u.new_empty(batch, -(-length // steps), channels, size)
+    checkpoints = u.new_empty(batch, -(-length // CHECKPOINT_STEPS), channels, size)
     _FORWARD[u.dtype](
         u.data_ptr(), delta.data_ptr(), A.data_ptr(), B.data_ptr(), C.data_ptr(), pointer(D), pointer(initial_state),
-        y.data_ptr(), final.data_ptr(), checkpoints.data_ptr(), batch, length, channels, size, steps, int(signed),
-        torch.get_num_threads(),
+        y.data_ptr(), final.data_ptr(), checkpoints.data_ptr(), batch, length, channels, size, CHECKPOINT_STEPS,
+        int(signed), torch.get_num_threads(),
     )  # fmt: skip
     return y, final, checkpoints
 
@@ -87,11 +87,10 @@ def backward(
     grad_y: Tensor,
     grad_final: Tensor | None,
     signed: bool,
-    steps: int = CHECKPOINT_STEPS,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None, Tensor]:
     """(du, d delta, dA, dB, dC, dD or None, d initial_state) from ``forward``'s inputs and checkpoints (made with
-    the same ``steps``) and dLoss/dy, dLoss/d final state (None: zero), in one pass that recomputes the states a
-    block of ``steps`` at a time. Channel sums (dB, dC) come per block of channels and batch sums (dA, dD) per
+    ``CHECKPOINT_STEPS``) and dLoss/dy, dLoss/d final state (None: zero), in one pass that recomputes the states a
+    block at a time. Channel sums (dB, dC) come per block of channels and batch sums (dA, dD) per
     batch row, summed here in a fixed order: deterministic."""
     batch, length, channels = u.shape
     size = A.shape[1]
@@ -106,7 +105,7 @@ def backward(
         u.data_ptr(), delta.data_ptr(), A.data_ptr(), B.data_ptr(), C.data_ptr(), pointer(D), checkpoints.data_ptr(),
         grad_y.data_ptr(), pointer(grad_final), grad_u.data_ptr(), grad_delta.data_ptr(), grad_A.data_ptr(),
         grad_B.data_ptr(), grad_C.data_ptr(), grad_D.data_ptr(), grad_initial.data_ptr(), batch, length, channels,
-        size, steps, int(signed), torch.get_num_threads(),
+        size, CHECKPOINT_STEPS, int(signed), torch.get_num_threads(),
     )  # fmt: skip
     grad_D = None if D is None else grad_D.sum(0)
     return grad_u, grad_delta, grad_A.sum(0), grad_B.sum(0), grad_C.sum(0), grad_D, grad_initial
