@@ -56,20 +56,20 @@
                                                                                                               \
   /* out <- the degree-m Taylor polynomial of the flow over time sigma from u, by Horner:                     \
    * r_m = u, r_k = u + sigma / (k + 1) (M r_{k+1} + v), out = r_0, with M r = sum_j r_j (row j of M^T);      \
-   * with store, r_k is kept at store + k N (k = 1..m) for the backward. tmp: N scratch; out must not         \
-   * alias u. */                                                                                              \
+   * with store, r_1 .. r_m are kept there for the backward (r_{k+1} at store + k N). tmp: N scratch; out     \
+   * must not alias u. */                                                                                     \
   static void flow_##SUFFIX(const T *MT, const T *v, T sigma, int degree, const T *u, T *out, T *tmp,         \
                             T *store, long N) {                                                               \
     for (long i = 0; i < N; i++) out[i] = u[i];                                                               \
     if (store)                                                                                                \
-      for (long i = 0; i < N; i++) store[degree * N + i] = u[i];                                              \
+      for (long i = 0; i < N; i++) store[(degree - 1L) * N + i] = u[i];                                       \
     for (int k = degree - 1; k >= 0; k--) {                                                                   \
       for (long i = 0; i < N; i++) tmp[i] = v[i];                                                             \
       accumulate_rows_##SUFFIX(MT, out, 1, N, tmp, N);                                                        \
       T c = sigma / (T)(k + 1);                                                                               \
       for (long i = 0; i < N; i++) out[i] = u[i] + c * tmp[i];                                                \
       if (store && k > 0)                                                                                     \
-        for (long i = 0; i < N; i++) store[k * N + i] = out[i];                                               \
+        for (long i = 0; i < N; i++) store[(k - 1L) * N + i] = out[i];                                        \
     }                                                                                                         \
   }                                                                                                           \
                                                                                                               \
@@ -94,20 +94,21 @@
     }                                                                                                         \
   }                                                                                                           \
                                                                                                               \
-  /* Reverse sweep; carry = dLoss/dh_{t-1} through step t. Per step: the substep starts U_j are recomputed    \
-   * from h_{t-1}, then each substep is differentiated from the last: with rho_0 = dLoss/dr_0 and             \
-   * p_k = sigma / (k + 1) rho_k, rho_{k+1} = M^T p_k (rows of M, a transposed copy of M^T), dLoss/du =       \
-   * sum_k rho_k + rho_m, dv += sum_k p_k and dM^T += sum_k r_{k+1} p_k^T (a rank-m update with the stored    \
-   * Horner terms). grad_MT (dLoss/dM, transposed like MT) and grad_h0 may be NULL. */                        \
+  /* Reverse sweep; carry = dLoss/dh_{t-1} through step t. Per step: the substeps are recomputed from         \
+   * h_{t-1}, keeping every Horner term (substep j's r_{k+1} at row j m + k of store), then differentiated    \
+   * from the last: with rho_0 = dLoss/dr_0 and p_k = sigma / (k + 1) rho_k, rho_{k+1} = M^T p_k (rows of M,  \
+   * a transposed copy of M^T), dLoss/du = sum_k rho_k + rho_m and dv += sum_k p_k (p_k kept at row j m + k   \
+   * of p). Last, in one pass over the step's dM^T, dM^T = sum_{j,k} r_{k+1} p_k^T: a rank-(2^s m) update.    \
+   * grad_MT (dLoss/dM, transposed like MT) and grad_h0 may be NULL. */                                       \
   void exp_action_backward_##SUFFIX(const T *MT, const T *v, const T *h0, const int32_t *squarings,           \
                                     const T *states, const T *grad_states, T *grad_MT, T *grad_v, T *grad_h0, \
                                     long B, long L, long N, int degree, int max_substeps, int threads) {      \
     _Pragma("omp parallel for num_threads(threads) schedule(static)")                                         \
     for (long b = 0; b < B; b++) {                                                                            \
-      long size = (long)max_substeps * N + (2L * degree + 7) * N + N * N;                                     \
-      T *starts = calloc(size, sizeof(T)), *store = starts + (long)max_substeps * N;                          \
-      T *p = store + (degree + 1L) * N, *rho = p + (long)degree * N, *carry = rho + N, *upstream = carry + N; \
-      T *tmp = upstream + N, *zero = tmp + N, *ignored = zero + N, *m = ignored + N;                          \
+      long terms = (long)max_substeps * degree * N;                                                           \
+      T *store = calloc(2 * terms + 7 * N + N * N, sizeof(T)), *p = store + terms, *rho = p + terms;          \
+      T *carry = rho + N, *upstream = carry + N, *tmp = upstream + N, *zero = tmp + N, *ping = zero + N;      \
+      T *pong = ping + N, *m = pong + N;                                                                      \
       for (long t = L - 1; t >= 0; t--) {                                                                     \
         long at = b * L + t, substeps = 1L << squarings[at];                                                  \
         const T *mt = MT + at * N * N, *vt = v + at * N;                                                      \
@@ -115,22 +116,22 @@
         T sigma = ldexp(1.0, -squarings[at]), *dv = grad_v + at * N;                                          \
         T *dmt = grad_MT ? grad_MT + at * N * N : NULL;                                                       \
         for (long i = 0; i < N; i++) {                                                                        \
-          starts[i] = u[i];                                                                                   \
           upstream[i] = grad_states[at * N + i] + carry[i];                                                   \
           dv[i] = 0;                                                                                          \
           for (long j = 0; j < N; j++) m[i * N + j] = mt[j * N + i];                                          \
         }                                                                                                     \
-        for (long j = 1; j < substeps; j++)                                                                   \
-          flow_##SUFFIX(mt, vt, sigma, degree, starts + (j - 1) * N, starts + j * N, tmp, NULL, N);           \
-        if (dmt) memset(dmt, 0, N * N * sizeof(T));                                                           \
+        for (long j = 0; j < substeps; j++) {                                                                 \
+          T *out = j % 2 ? pong : ping;                                                                       \
+          flow_##SUFFIX(mt, vt, sigma, degree, u, out, tmp, store + j * degree * N, N);                       \
+          u = out;                                                                                            \
+        }                                                                                                     \
         for (long j = substeps - 1; j >= 0; j--) {                                                            \
-          flow_##SUFFIX(mt, vt, sigma, degree, starts + j * N, ignored, tmp, store, N);                       \
           for (long i = 0; i < N; i++) {                                                                      \
             rho[i] = upstream[i];                                                                             \
             carry[i] = 0;                                                                                     \
           }                                                                                                   \
           for (int k = 0; k < degree; k++) {                                                                  \
-            T c = sigma / (T)(k + 1), *pk = p + k * N;                                                        \
+            T c = sigma / (T)(k + 1), *pk = p + (j * degree + k) * N;                                         \
             for (long i = 0; i < N; i++) {                                                                    \
               carry[i] += rho[i];                                                                             \
               pk[i] = c * rho[i];                                                                             \
@@ -140,15 +141,17 @@
             accumulate_rows_##SUFFIX(m, pk, 1, N, rho, N);                                                    \
           }                                                                                                   \
           for (long i = 0; i < N; i++) upstream[i] = carry[i] + rho[i];                                       \
-          if (dmt) /* row i of dM^T += sum_k r_{k+1, i} p_k */                                                \
-            for (long i = 0; i < N; i++)                                                                      \
-              accumulate_rows_##SUFFIX(p, store + N + i, N, degree, dmt + i * N, N);                          \
+        }                                                                                                     \
+        if (dmt) { /* row i of dM^T = sum over the step's terms q of r_{q, i} p_q */                          \
+          memset(dmt, 0, N * N * sizeof(T));                                                                  \
+          for (long i = 0; i < N; i++)                                                                        \
+            accumulate_rows_##SUFFIX(p, store + i, N, substeps * degree, dmt + i * N, N);                     \
         }                                                                                                     \
         for (long i = 0; i < N; i++) carry[i] = upstream[i];                                                  \
       }                                                                                                       \
       if (grad_h0)                                                                                            \
         for (long i = 0; i < N; i++) grad_h0[b * N + i] = carry[i];                                           \
-      free(starts);                                                                                           \
+      free(store);                                                                                            \
     }                                                                                                         \
   }
 
