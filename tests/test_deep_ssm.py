@@ -219,4 +219,4 @@ def test_cuda_network_matches_the_cpu_loop_reference(param, checkpoint):
     for got, want in zip(grads, reference["grads"], strict=True):
         torch.testing.assert_close(got.cpu(), want, atol=1e-3, rtol=1e-3)
     if gamma is not None:
-        assert float(cuda_model.certified_gain_bound()) <= gamma * (1 + 1e-6)
+        assert cuda_model.certified_gain_bound().item() <= gamma * (1 + 1e-6)
