@@ -178,6 +178,35 @@ def test_lcde_small_exp_batches_and_scan_windows_match_the_loop(solver, recomput
         torch.testing.assert_close(ours, reference)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(exp_action.gpu_kernel is None, reason="Triton is not installed")
+@pytest.mark.parametrize("chunk_length", ["auto", 5])
+def test_lcde_on_cuda_runs_the_kernel_and_matches_the_loop(chunk_length):
+    """float32 on CUDA with GPU_MIN_BATCH rows: mode "scan" runs the Triton kernel (in windows or not); outputs,
+    final states and the gradients w.r.t. input, initial state and every parameter equal the loop's."""
+    torch.manual_seed(0)
+    core = LinearCDE(6, d_state=8, init_std=0.5, chunk_length=chunk_length).cuda()
+    batch = exp_action.GPU_MIN_BATCH
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 23, 6, generator=generator).cuda().requires_grad_(True)
+    h0 = torch.randn(batch, 8, generator=generator).cuda().requires_grad_(True)
+    weights = torch.randn(batch, 23, 6, generator=generator).cuda()
+    results = []
+    for mode in ("loop", "scan"):
+        y, final = core(x, h0, mode=mode)
+        loss = (y * weights).sum() + final.sum()
+        results.append((y, final, *torch.autograd.grad(loss, (x, h0, *core.parameters()))))
+    seen, pending = set(), [core(x, h0, mode="scan")[0].grad_fn]
+    while pending:  # the backward graph of "scan" holds the kernel's node
+        node = pending.pop()
+        if node not in seen:
+            seen.add(node)
+            pending.extend(next_node for next_node, _ in node.next_functions if next_node is not None)
+    assert "_ExpActionRecurrenceBackward" in {type(node).__name__ for node in seen}
+    for ours, reference in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-4, atol=1e-4)
+
+
 def test_chunked_matrix_recurrence_equals_the_scan_and_rejects_bad_windows():
     generator = torch.Generator().manual_seed(2)
     M = 0.5 * torch.randn(2, 9, 3, 3, generator=generator, dtype=torch.float64)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ssm_lab.ops import exp_action
-from ssm_lab.ops.exp_action import MAX_ACTION_SQUARINGS, affine_flow_recurrence, exp_action_recurrence
+from ssm_lab.ops.exp_action import GPU_MIN_BATCH, MAX_ACTION_SQUARINGS, affine_flow_recurrence, exp_action_recurrence
 from ssm_lab.ops.matrix_scan import affine_exp, matrix_recurrence_ref
 
 pytestmark = pytest.mark.skipif(exp_action.cpu_kernel is None, reason="the C kernel did not build")
@@ -118,5 +118,75 @@ def test_bad_inputs_are_errors():
         exp_action_recurrence(torch.zeros(1, 2, 3, 2), torch.zeros(1, 2, 3))
     with pytest.raises(ValueError, match="initial state must be \\(B, N\\) = \\(1, 3\\), got \\(3,\\)"):
         exp_action_recurrence(torch.zeros(1, 2, 3, 3), torch.zeros(1, 2, 3), torch.zeros(3))
-    with pytest.raises(ValueError, match="takes CPU float32/float64 tensors, got torch.float16"):
+    with pytest.raises(ValueError, match="take CPU float32/float64 tensors or .*; got torch.float16 on cpu, N = 3"):
         exp_action_recurrence(torch.zeros(1, 2, 3, 3, dtype=torch.float16), torch.zeros(1, 2, 3, dtype=torch.float16))
+
+
+# The Triton kernel (CUDA): the same contract as the C kernel, float32, N <= MAX_STATE.
+
+needs_triton = pytest.mark.skipif(exp_action.gpu_kernel is None, reason="Triton is not installed")
+
+
+@pytest.mark.gpu
+@needs_triton
+@pytest.mark.parametrize("column_major", [True, False])
+@pytest.mark.parametrize("with_h0", [True, False])
+@pytest.mark.parametrize("length", [1, 9, 300])
+@pytest.mark.parametrize("n", [5, 13, 64, 128])
+def test_gpu_kernel_equals_the_formed_exponentials_values_and_gradients(n, length, with_h0, column_major):
+    """The Triton kernel in float32 against affine_exp + the loop in float64 (on the CPU), normwise per output and
+    gradient; N = 5 and 13 pad the kernel's power-of-two tile, the scales mix 1 to 2^7 substeps per step."""
+    M, v, h0, weights = _problem(2, length, n, torch.float32, column_major)
+    h0 = h0 if with_h0 else None
+    on_gpu = [None if x is None else x.detach().cuda().requires_grad_(True) for x in (M, v, h0)]
+    ours = _values_and_gradients(exp_action_recurrence, *on_gpu, weights.cuda())
+    assert type(ours[0].grad_fn).__name__ == "_ExpActionRecurrenceBackward"
+    truth = _values_and_gradients(
+        lambda *args: matrix_recurrence_ref(*affine_exp(args[0], args[1]), args[2]),
+        *(None if x is None else x.detach().double().requires_grad_(True) for x in (M, v, h0)),
+        weights.double(),
+    )
+    assert len(ours) == len(truth) == (4 if with_h0 else 3)
+    for value, reference in zip(ours, truth, strict=True):
+        _assert_normwise_close(value.cpu().double(), reference, 5e-5 if length > 9 else 2e-5)
+
+
+@pytest.mark.gpu
+@needs_triton
+def test_gpu_kernel_matches_the_c_kernel_and_skips_the_matrices_gradient_when_constant():
+    """The two kernels run the same arithmetic: float32 values and gradients agree to rounding."""
+    M, v, h0, weights = _problem(3, 40, 24, torch.float32, column_major=True)
+    on_cpu = _values_and_gradients(exp_action_recurrence, M, v, h0, weights)
+    on_gpu = [x.detach().cuda().requires_grad_(True) for x in (M, v, h0)]
+    ours = _values_and_gradients(exp_action_recurrence, *on_gpu, weights.cuda())
+    for value, reference in zip(ours, on_cpu, strict=True):
+        _assert_normwise_close(value.cpu(), reference, 1e-5)
+    states = exp_action_recurrence(on_gpu[0].detach(), *on_gpu[1:])
+    grad_v, grad_h0 = torch.autograd.grad((states * weights.cuda()).sum(), on_gpu[1:])
+    torch.testing.assert_close(grad_v, ours[2], rtol=0, atol=0)
+    torch.testing.assert_close(grad_h0, ours[3], rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@needs_triton
+def test_gpu_dispatch_takes_the_kernel_for_float32_states_it_holds():
+    """float32, N <= MAX_STATE, GPU_MIN_BATCH rows: the kernel; fewer rows, float64, a larger state or mode "loop":
+    the formed maps (same values)."""
+    M, v, h0, _ = _problem(GPU_MIN_BATCH, 7, 4, torch.float32, column_major=True)
+    M, v, h0 = (x.detach().cuda() for x in (M, v, h0))
+    states = affine_flow_recurrence(M.requires_grad_(True), v, h0)
+    assert type(states.grad_fn).__name__ == "_ExpActionRecurrenceBackward"
+    formed = affine_flow_recurrence(M, v, h0, mode="loop")
+    assert type(formed.grad_fn).__name__ != "_ExpActionRecurrenceBackward"
+    torch.testing.assert_close(states, formed, rtol=1e-5, atol=1e-5)
+    fewer = affine_flow_recurrence(M[1:], v[1:], h0[1:])
+    assert type(fewer.grad_fn).__name__ != "_ExpActionRecurrenceBackward"
+    torch.testing.assert_close(fewer, states[1:], rtol=1e-5, atol=1e-5)
+    double = affine_flow_recurrence(M.double(), v.double(), h0.double())
+    assert type(double.grad_fn).__name__ != "_ExpActionRecurrenceBackward"
+    n = exp_action.gpu_kernel.MAX_STATE + 1
+    large = torch.zeros(GPU_MIN_BATCH, 2, n, n, device="cuda", requires_grad=True)
+    drive = torch.ones(GPU_MIN_BATCH, 2, n, device="cuda")
+    assert type(affine_flow_recurrence(large, drive).grad_fn).__name__ != "_ExpActionRecurrenceBackward"
+    with pytest.raises(ValueError, match=f"CUDA float32 tensors with N <= {n - 1}; got torch.float32 on cuda:0"):
+        exp_action_recurrence(large, drive)

@@ -20,10 +20,11 @@ in a few dozen steps; the state, ~e^{sum_t Re lambda_max(M_t)}, then overflowed 
 NaN at step 132). With the factor outside, a step moves A_i by lr / init_std of its size, as for any
 O(1) weight, and the growth rate of the state follows the loss instead of the learning rate.
 
-Modes: "scan" (the per-step affine maps composed by a parallel scan on CUDA; on CPU the sequential
-recurrence, where the exact solver applies each step's exponential to the state instead of forming it,
+Modes: "scan" (the exact solver applies each step's exponential to the state instead of forming it, a kernel
+running the recurrence through time: C on CPU, Triton on CUDA for float32, N <= 128 and batches of 12 or more,
 ``ssm_lab.ops.exp_action.affine_flow_recurrence``: m 2^s matrix-vector products per step against ~(5 + s)
-matrix products), in windows of ``chunk_length`` steps ("auto": the whole sequence on CUDA, 16 MiB of maps
+matrix products; otherwise, and for the Euler solver, the per-step affine maps, composed by a parallel scan on
+CUDA and step by step on CPU), in windows of ``chunk_length`` steps ("auto": the whole sequence on CUDA, 16 MiB of maps
 on CPU, ``ssm_lab.ops.matrix_scan.window_steps``), optionally recomputed in the backward pass: memory
 bounded by the window),
 "loop" (the recurrence step by step, the reference) and "adaptive" (an embedded Dormand-Prince RK5(4) with
