@@ -305,7 +305,7 @@ def test_l2ru_satisfies_the_bounded_real_lemma():
     P = X @ X.T + core.epsilon * torch.eye(n, dtype=torch.float64) + C.T @ C + C.T @ D @ torch.linalg.solve(Z, D.T @ C)
     AB, CD = torch.cat([A, B], 1), torch.cat([C, D], 1)
     lmi = AB.T @ P @ AB + CD.T @ CD - torch.block_diag(P, gamma**2 * torch.eye(D_MODEL, dtype=torch.float64))
-    assert float(torch.linalg.eigvalsh(0.5 * (lmi + lmi.T)).max()) <= 1e-8
+    assert torch.linalg.eigvalsh(0.5 * (lmi + lmi.T)).max().item() <= 1e-8
 
 
 @pytest.mark.parametrize(
