@@ -113,3 +113,51 @@ def test_modes_and_errors():
         matrix_recurrence_sequential(torch.zeros(1, 2, 3, 2), v)
     with pytest.raises(ValueError, match="initial state must be \\(B, N\\) = \\(1, 3\\), got \\(1, 4\\)"):
         matrix_recurrence_sequential(M, v, torch.zeros(1, 4))
+    with pytest.raises(ValueError, match="unknown matrix recurrence mode 'tree'; choose one of scan, parallel"):
+        bilinear_recurrence(M, v, mode="tree")
+
+
+# The Triton time loop (CUDA, float32, N <= MAX_STATE): what "scan" runs there.
+
+needs_triton = pytest.mark.skipif(matrix_scan.gpu_loops is None, reason="Triton is not installed")
+
+
+@pytest.mark.gpu
+@needs_triton
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("length", [1, 7, 300])
+@pytest.mark.parametrize("n", [5, 64, 128])
+def test_gpu_scan_runs_the_triton_loop_and_matches_the_float64_loop(n, length, with_h0):
+    """"scan" on CUDA float32 is the sequential path with the Triton time loop; outputs and the gradients of M, v
+    and h0 against the loop reference in float64 on the CPU, normwise (N = 5 pads the kernel's tile)."""
+    M, v, h0, weights, leaves = problem(length, torch.float64, with_h0, n=n)
+    reference = matrix_recurrence_ref(M, v, h0)
+    expected = (reference, *torch.autograd.grad((reference * weights).sum(), leaves))
+    on_gpu = [t.detach().float().cuda().requires_grad_(True) for t in leaves]
+    calls = []
+    gpu_loops = matrix_scan.gpu_loops
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gpu_loops, "affine_steps", _recording(gpu_loops.affine_steps, calls))
+        states = matrix_recurrence(on_gpu[0], on_gpu[1], on_gpu[2] if with_h0 else None, mode="scan")
+        got = (states, *torch.autograd.grad((states * weights.float().cuda()).sum(), on_gpu))
+    assert calls == ["affine_steps", "affine_steps"]  # forward, and the adjoint's reverse loop
+    for ours, reference in zip(got, expected, strict=True):
+        assert (ours.cpu().double() - reference).norm() <= 2e-5 * reference.norm()
+
+
+@pytest.mark.gpu
+@needs_triton
+def test_gpu_scan_takes_the_parallel_scan_where_the_loop_does_not_apply():
+    """float64 and states past MAX_STATE run the parallel scan on CUDA (equal values); so does mode "parallel"."""
+    M, v, h0, _, _ = problem(9, torch.float64, with_h0=True)
+    M, v, h0 = (t.detach().cuda() for t in (M, v, h0))
+    calls = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(matrix_scan.gpu_loops, "affine_steps", _recording(matrix_scan.gpu_loops.affine_steps, calls))
+        double = matrix_recurrence(M, v, h0)
+        parallel = matrix_recurrence(M.float(), v.float(), h0.float(), mode="parallel")
+        n = matrix_scan.gpu_loops.MAX_STATE + 1
+        matrix_recurrence(torch.zeros(1, 2, n, n, device="cuda"), torch.ones(1, 2, n, device="cuda"))
+    assert calls == []
+    torch.testing.assert_close(double, matrix_recurrence_ref(M, v, h0))
+    torch.testing.assert_close(parallel, matrix_recurrence(M.float(), v.float(), h0.float()), rtol=1e-5, atol=1e-5)

@@ -21,12 +21,13 @@ NaN at step 132). With the factor outside, a step moves A_i by lr / init_std of 
 O(1) weight, and the growth rate of the state follows the loss instead of the learning rate.
 
 Modes: "scan" (the exact solver applies each step's exponential to the state instead of forming it, a kernel
-running the recurrence through time: C on CPU, Triton on CUDA for float32, N <= 128 and batches of 12 or more,
+running the recurrence through time: C on CPU, Triton on CUDA for float32, N <= 128 and batches of 14 or more,
 ``ssm_lab.ops.exp_action.affine_flow_recurrence``: m 2^s matrix-vector products per step against ~(5 + s)
-matrix products; otherwise, and for the Euler solver, the per-step affine maps, composed by a parallel scan on
-CUDA and step by step on CPU), in windows of ``chunk_length`` steps ("auto": the whole sequence on CUDA, 16 MiB of maps
-on CPU, ``ssm_lab.ops.matrix_scan.window_steps``), optionally recomputed in the backward pass: memory
-bounded by the window),
+matrix products; otherwise, and for the Euler solver, the per-step affine maps are formed and run by
+``ssm_lab.ops.matrix_scan.matrix_recurrence``: a time-loop kernel, or the parallel scan where none applies), in
+windows of ``chunk_length`` steps ("auto": the whole sequence on CUDA, 16 MiB of maps on CPU,
+``ssm_lab.ops.matrix_scan.window_steps``), optionally recomputed in the backward pass: memory bounded by the
+window),
 "loop" (the recurrence step by step, the reference) and "adaptive" (an embedded Dormand-Prince RK5(4) with
 error control on every increment, for comparison with the fixed-step solvers; ``solver`` unused).
 """

@@ -49,10 +49,11 @@ __all__ = ["GPU_MIN_BATCH", "MAX_ACTION_SQUARINGS", "affine_flow_recurrence", "e
 MAX_ACTION_SQUARINGS = 6
 
 
-#: On CUDA the kernel runs one program per batch row through time, while the formed maps' parallel scan also
-#: spreads over time: below this batch the scan is faster (H100, L = 1024, fwd + bwd of the Linear CDE core: the two
-#: cross between 8 and 16 rows at N = 64 and at N = 128; at 32 rows the kernel takes 0.45x the time at N = 64).
-GPU_MIN_BATCH = 12
+#: On CUDA the kernel runs one program per batch row through time; the formed maps are made for every step at once
+#: (then run by ``matrix_recurrence``'s Triton time loop), so they win on few rows: H100, L = 1024, fwd + bwd of the
+#: Linear CDE core, the two cross between 12 and 16 rows at N = 32, 64 and 128; at 32 rows the kernel takes 0.5x the
+#: time (N = 64: 35 against 66 ms).
+GPU_MIN_BATCH = 14
 
 
 def _kernel(M: Tensor, v: Tensor, h0: Tensor | None) -> ModuleType | None:
