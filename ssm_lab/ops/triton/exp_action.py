@@ -23,6 +23,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ssm_lab.ops.triton import holds_state
+
 __all__ = ["MAX_STATE", "SUPPORTED_DTYPES", "applies", "exp_action_backward", "exp_action_forward", "one_norms"]
 
 SUPPORTED_DTYPES = (torch.float32,)
@@ -35,6 +37,14 @@ def _warps(block: int, backward: bool) -> int:
     barrier, and is fastest forward up to N = 64 (0.55x the time of four) and backward up to N = 32; past that a
     warp's share of the matrix no longer fits its registers, and four are fastest (eight took 1.4-2.7x)."""
     return 1 if block <= (32 if backward else 64) else 4
+
+
+@triton.jit
+def _tile(n, BLOCK: tl.constexpr):
+    """(lines, cols, col_ok, tile, tile_ok): the offsets of an N x N row-major matrix in a BLOCK x BLOCK tile."""
+    lines, cols = tl.arange(0, BLOCK), tl.arange(0, BLOCK)
+    col_ok = cols < n
+    return lines, cols, col_ok, lines[:, None] * n + cols[None, :], (lines[:, None] < n) & col_ok[None, :]
 
 
 @triton.jit
@@ -55,9 +65,8 @@ def _horner_flow(T, v, u, sigma, scratch, cols, DEGREE: tl.constexpr, STORE: tl.
 @triton.jit
 def _one_norms_kernel(mt_ptr, norms_ptr, n, BLOCK: tl.constexpr):
     matrix = tl.program_id(0).to(tl.int64)
-    lines, cols = tl.arange(0, BLOCK), tl.arange(0, BLOCK)
-    ok = (lines[:, None] < n) & (cols[None, :] < n)
-    T = tl.load(mt_ptr + matrix * n * n + lines[:, None] * n + cols[None, :], mask=ok, other=0.0)
+    _, _, _, tile, tile_ok = _tile(n, BLOCK)
+    T = tl.load(mt_ptr + matrix * n * n + tile, mask=tile_ok, other=0.0)
     tl.store(norms_ptr + matrix, tl.max(tl.sum(tl.abs(T), axis=1), axis=0))  # row j of T is column j of M
 
 
@@ -67,10 +76,7 @@ def _forward_kernel(
     HAS_H0: tl.constexpr, DEGREE: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
-    lines, cols = tl.arange(0, BLOCK), tl.arange(0, BLOCK)
-    col_ok = cols < n
-    tile = lines[:, None] * n + cols[None, :]
-    tile_ok = (lines[:, None] < n) & col_ok[None, :]
+    lines, cols, col_ok, tile, tile_ok = _tile(n, BLOCK)
     h = tl.load(h0_ptr + row * n + cols, mask=col_ok, other=0.0) if HAS_H0 else tl.zeros([BLOCK], dtype=tl.float32)
     for t in range(length):
         step = row * length + t
@@ -91,10 +97,7 @@ def _backward_kernel(
     HAS_H0: tl.constexpr, NEED_GRAD_M: tl.constexpr, DEGREE: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
-    lines, cols = tl.arange(0, BLOCK), tl.arange(0, BLOCK)
-    col_ok = cols < n
-    tile = lines[:, None] * n + cols[None, :]
-    tile_ok = (lines[:, None] < n) & col_ok[None, :]
+    lines, cols, col_ok, tile, tile_ok = _tile(n, BLOCK)
     terms = max_substeps * DEGREE
     horner = scratch_ptr + row * 2 * terms * BLOCK  # r_{k+1} of substep j at row j m + k
     adjoints = horner + terms * BLOCK  # p_k of substep j at row j m + k
@@ -143,12 +146,7 @@ def _backward_kernel(
 
 def applies(*tensors: Tensor | None) -> bool:
     """Whether the kernels take these tensors: CUDA float32 (None skipped), a state of at most ``MAX_STATE``."""
-    given = [x for x in tensors if x is not None]
-    return (
-        bool(given)
-        and all(x.is_cuda and x.dtype in SUPPORTED_DTYPES and x.device == given[0].device for x in given)
-        and given[0].shape[-1] <= MAX_STATE
-    )
+    return holds_state(SUPPORTED_DTYPES, MAX_STATE, *tensors)
 
 
 def one_norms(M: Tensor) -> Tensor:

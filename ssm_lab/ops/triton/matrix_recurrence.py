@@ -15,6 +15,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ssm_lab.ops.triton import holds_state
+
 __all__ = ["MAX_STATE", "SUPPORTED_DTYPES", "affine_steps", "applies"]
 
 SUPPORTED_DTYPES = (torch.float32,)
@@ -57,12 +59,7 @@ def _affine_steps_kernel(
 
 def applies(*tensors: Tensor | None) -> bool:
     """Whether the kernel takes these tensors: CUDA float32 on one device (None skipped), N <= ``MAX_STATE``."""
-    given = [x for x in tensors if x is not None]
-    return (
-        bool(given)
-        and all(x.is_cuda and x.dtype in SUPPORTED_DTYPES and x.device == given[0].device for x in given)
-        and given[0].shape[-1] <= MAX_STATE
-    )
+    return holds_state(SUPPORTED_DTYPES, MAX_STATE, *tensors)
 
 
 def affine_steps(M: Tensor, v: Tensor, h0: Tensor | None, reverse: bool = False) -> Tensor:
