@@ -36,5 +36,14 @@ def test_the_commit_says_dirty_when_the_tree_differs_from_it(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     clean = _git_commit()
     assert re.fullmatch(r"[0-9a-f]{7,}", clean)
+    results = tmp_path / "benchmarks" / "results" / "run.jsonl"  # what the benchmarks append to does not count
+    results.parent.mkdir(parents=True)
+    results.write_text("{}\n")
+    run("add", str(results))
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "results")
+    clean = _git_commit()
+    results.write_text("{}\n{}\n")
+    (tmp_path / "untracked.py").write_text("")
+    assert _git_commit() == clean
     (tmp_path / "file.txt").write_text("two\n")
     assert _git_commit() == f"{clean}-dirty"

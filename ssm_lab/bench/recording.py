@@ -36,13 +36,17 @@ def results_path(directory: Path = RESULTS_DIR, gpu: bool | None = None) -> Path
 
 
 def _git_commit() -> str:
-    """The checked-out commit, "-dirty" when the working tree differs from it (a copy of a tree whose
-    .git is older than its files says so instead of naming a commit that did not run)."""
+    """The checked-out commit, "-dirty" when a tracked file differs from it (a copy of a tree whose .git is older
+    than its files says so instead of naming a commit that did not run). The results under ``RESULTS_DIR`` do not
+    count: the benchmarks append to them, so a run's second record would otherwise call the first one's tree dirty."""
     try:
-        command = ["git", "describe", "--always", "--dirty", "--abbrev=7"]
-        return subprocess.run(command, capture_output=True, text=True).stdout.strip()
+        commit = subprocess.run(["git", "describe", "--always", "--abbrev=7"], capture_output=True, text=True)
+        changes = ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", f":(exclude){RESULTS_DIR}"]
+        changed = subprocess.run(changes, capture_output=True, text=True).stdout.strip()
     except OSError:
         return ""
+    name = commit.stdout.strip()
+    return f"{name}-dirty" if name and changed else name
 
 
 def append_records(records: list[dict], path: Path, gpu: bool | None = None) -> None:
