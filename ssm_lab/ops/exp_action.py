@@ -91,9 +91,8 @@ def affine_flow_recurrence(
 ) -> Tensor:
     """Every state of the flow. ``mode`` "scan": by the action of the exponentials where a kernel takes the
     tensors (``exp_action_recurrence``; on CUDA from ``GPU_MIN_BATCH`` rows) and every ||M_t||_1 <=
-    2^``MAX_ACTION_SQUARINGS``, else the maps formed by
-    ``batched_affine_exp`` (at most ``max_exp_batch`` per call) and run by ``matrix_recurrence`` in ``mode`` (any
-    of its modes)."""
+    2^``MAX_ACTION_SQUARINGS``; else the maps formed by ``batched_affine_exp`` (at most ``max_exp_batch`` per
+    call) and run by ``matrix_recurrence`` in ``mode`` (any of its modes)."""
     kernel = _kernel(M, v, h0) if mode == "scan" else None
     if kernel is not None and not (kernel is gpu_kernel and v.shape[0] < GPU_MIN_BATCH):
         squarings = _squarings(M, kernel)

@@ -76,7 +76,7 @@ def _forward_kernel(
     HAS_H0: tl.constexpr, DEGREE: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     row = tl.program_id(0).to(tl.int64)
-    lines, cols, col_ok, tile, tile_ok = _tile(n, BLOCK)
+    _, cols, col_ok, tile, tile_ok = _tile(n, BLOCK)
     h = tl.load(h0_ptr + row * n + cols, mask=col_ok, other=0.0) if HAS_H0 else tl.zeros([BLOCK], dtype=tl.float32)
     for t in range(length):
         step = row * length + t
