@@ -210,6 +210,21 @@ def test_lcde_on_cuda_runs_the_kernel_and_matches_the_loop(chunk_length):
         assert (ours - reference).norm() <= 2e-5 * reference.norm()
 
 
+def test_lcde_fields_keep_the_parameters_precision_under_autocast():
+    """Under bf16 autocast the vector fields (and so the exponentials and the recurrence) stay in float32; only the
+    readout runs in bf16, so the output is the float32 one to bf16's rounding."""
+    torch.manual_seed(0)
+    core = LinearCDE(6, d_state=8, init_std=0.5)
+    x = torch.randn(2, 9, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        M, v = core.vector_field(x, None)
+        y, final = core(x)
+    assert M.dtype == v.dtype == final.dtype == torch.float32
+    reference, reference_final = core(x)
+    torch.testing.assert_close(final, reference_final)
+    assert (y.float() - reference).norm() <= 1e-2 * reference.norm()
+
+
 def test_chunked_matrix_recurrence_equals_the_scan_and_rejects_bad_windows():
     generator = torch.Generator().manual_seed(2)
     M = 0.5 * torch.randn(2, 9, 3, 3, generator=generator, dtype=torch.float64)

@@ -143,9 +143,13 @@ class LinearCDE(nn.Module):
     def _fields(self, increments: Tensor) -> tuple[Tensor, Tensor]:
         """``vector_field`` from the increments. M_t = sum_i Delta X^i_t A_i is one product of the increments with
         the (1 + H, N N) scaled fields, laid out column-major (the transpose of a contiguous tensor): the order in
-        which the CPU kernel of the exact solver reads it."""
-        fields = (self.A_weight * self.field_scale).mT.flatten(1)  # row i: A_i^T, flattened
-        return (increments @ fields).unflatten(-1, (self.d_state, self.d_state)).mT, increments @ self.B.T
+        which the kernels of the exact solver read it. In the parameters' precision even under autocast: the
+        solver exponentiates M_t and multiplies L of them, which half precision would not survive."""
+        with torch.autocast(increments.device.type, enabled=False):
+            increments = increments.to(self.A_weight.dtype)
+            fields = (self.A_weight * self.field_scale).mT.flatten(1)  # row i: A_i^T, flattened
+            M = (increments @ fields).unflatten(-1, (self.d_state, self.d_state)).mT
+            return M, increments @ self.B.T
 
     def _euler_maps(self, increments: Tensor) -> tuple[Tensor, Tensor]:
         """The Euler step's affine map per increment: (I + M_t, v_t)."""
