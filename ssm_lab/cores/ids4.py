@@ -8,9 +8,10 @@ transition matrix is an affine function of the input, discretised bilinearly:
 
 A_0 starts at HiPPO-LegS and the A_j near zero, so training starts from S4. Non-commuting
 input-dependent matrices are what state tracking needs; mode "scan" evaluates the recurrence by
-``bilinear_recurrence`` (a parallel scan over matrix products on CUDA; on CPU step by step from one
-LU factorisation of I - dt/2 A(x_t) per step, never forming Abar_t, the maps built a window of steps at
-a time), mode "loop" step by step through ``step`` (the reference).
+``bilinear_recurrence`` (on CUDA the maps by one batched solve, then a Triton time loop, or the parallel scan
+over matrix products where it does not apply; on CPU step by step from one LU factorisation of
+I - dt/2 A(x_t) per step, never forming Abar_t, the maps built a window of steps at a time), mode "loop"
+step by step through ``step`` (the reference).
 ``integration_timesteps`` tau scale the step: dt_t = tau_t dt.
 """
 
@@ -102,9 +103,10 @@ class IDS4(nn.Module):
         return states @ self.C.T + self.D * x, state_at_lengths(states, lengths)
 
     def _states(self, x: Tensor, state: Tensor | None, timesteps: Tensor | None) -> Tensor:
-        """Every state h_t: (B, L, d_state), by ``bilinear_recurrence``: over the whole sequence on GPUs (its parallel
-        scan wants it all), on CPU in windows of steps whose maps stay in reused memory (``window_steps``; a
-        sequential recurrence anyway, so windows change nothing but the memory it runs in)."""
+        """Every state h_t: (B, L, d_state), by ``bilinear_recurrence``: over the whole sequence on GPUs (one batched
+        solve, and the parallel scan where it runs wants it all), on CPU in windows of steps whose maps stay in reused
+        memory (``window_steps``; a sequential recurrence anyway, so windows change nothing but the memory it runs
+        in)."""
         increments, weights, inputs = self._discretisation_terms(x, timesteps)
         steps = window_steps("auto", x.shape[0], self.d_state, weights.dtype, x.device)
 
