@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ssm_lab.cores.ids4 import IDS4
 from ssm_lab.cores.lcde import LinearCDE, dormand_prince_affine
 from ssm_lab.ops import exp_action, matrix_scan
 from ssm_lab.ops.matrix_scan import (
@@ -277,3 +278,22 @@ def test_state_log_norm_grows_by_half_the_squared_init_std_per_step():
         halfway = core(torch.randn(16, 25, 64))[1]
     rate = (states.norm(dim=-1).log().mean() - halfway.norm(dim=-1).log().mean()).item() / 25
     assert 0.06 < rate < 0.19  # 0.5^2 / 2 = 0.125
+
+
+@pytest.mark.parametrize("make", [lambda: LinearCDE(3, d_state=4), lambda: LinearCDE(3, d_state=4, solver="euler"),
+                                  lambda: IDS4(3, d_state=4)])  # fmt: skip
+def test_parallel_mode_runs_the_parallel_scan_and_scan_mode_does_not_on_cpu(make, monkeypatch):
+    """Mode "parallel" forms the maps and composes them by the parallel scan (the same values as "scan"); "scan"
+    on CPU runs the sequential kernels instead."""
+    calls = []
+    parallel = matrix_scan._PATHS["parallel"]
+    monkeypatch.setitem(matrix_scan._PATHS, "parallel", lambda *args: calls.append(1) or parallel(*args))
+    torch.manual_seed(0)
+    core = make().double()
+    x = torch.randn(2, 7, 3, dtype=torch.float64)
+    y_scan, state_scan = core(x, mode="scan")
+    assert calls == []
+    y_parallel, state_parallel = core(x, mode="parallel")
+    assert calls
+    torch.testing.assert_close(y_parallel, y_scan)
+    torch.testing.assert_close(state_parallel, state_scan)

@@ -10,14 +10,16 @@ A_0 starts at HiPPO-LegS and the A_j near zero, so training starts from S4. Non-
 input-dependent matrices are what state tracking needs; mode "scan" evaluates the recurrence by
 ``bilinear_recurrence`` (on CUDA the maps by one batched solve, then a Triton time loop, or the parallel scan
 over matrix products where it does not apply; on CPU step by step from one LU factorisation of
-I - dt/2 A(x_t) per step, never forming Abar_t, the maps built a window of steps at a time), mode "loop"
-step by step through ``step`` (the reference).
+I - dt/2 A(x_t) per step, never forming Abar_t, the maps built a window of steps at a time), mode "parallel"
+the maps always formed and composed by the parallel scan over matrix products, mode "loop" step by step through
+``step`` (the reference).
 ``integration_timesteps`` tau scale the step: dt_t = tau_t dt.
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -34,7 +36,7 @@ from ssm_lab.validation import check_positive
 class IDS4(nn.Module):
     """x: (B, L, d_model) -> y: (B, L, d_model); state: (B, d_state) real."""
 
-    modes = ("scan", "loop")
+    modes = ("scan", "parallel", "loop")
     time_varying = True
 
     def __init__(
@@ -99,10 +101,10 @@ class IDS4(nn.Module):
         if mode == "loop":
             state = self.default_state(x.shape[0], x.device) if state is None else state
             return step_through(self.step, x, state, lengths, {"integration_timesteps": integration_timesteps})
-        states = self._states(x, state, integration_timesteps)
+        states = self._states(x, state, integration_timesteps, mode)
         return states @ self.C.T + self.D * x, state_at_lengths(states, lengths)
 
-    def _states(self, x: Tensor, state: Tensor | None, timesteps: Tensor | None) -> Tensor:
+    def _states(self, x: Tensor, state: Tensor | None, timesteps: Tensor | None, mode: str) -> Tensor:
         """Every state h_t: (B, L, d_state), by ``bilinear_recurrence``: over the whole sequence on GPUs (one batched
         solve, and the parallel scan where it runs wants it all), on CPU in windows of steps whose maps stay in reused
         memory (``window_steps``; a sequential recurrence anyway, so windows change nothing but the memory it runs
@@ -113,7 +115,8 @@ class IDS4(nn.Module):
         def maps(window_increments: Tensor, window_inputs: Tensor) -> tuple[Tensor, Tensor]:
             return self._half_step_matrices(window_increments, weights), window_inputs
 
-        return chunked_matrix_recurrence(maps, (increments, inputs), state, steps, recurrence=bilinear_recurrence)
+        recurrence = partial(bilinear_recurrence, mode=mode)
+        return chunked_matrix_recurrence(maps, (increments, inputs), state, steps, recurrence=recurrence)
 
     def step(self, x_t: Tensor, state: Tensor, integration_timesteps: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """x_t: (B, d_model), state: (B, d_state) -> (y_t, next state)."""

@@ -28,8 +28,9 @@ matrix products; otherwise, and for the Euler solver, the per-step affine maps a
 windows of ``chunk_length`` steps ("auto": the whole sequence on CUDA, 16 MiB of maps on CPU,
 ``ssm_lab.ops.matrix_scan.window_steps``), optionally recomputed in the backward pass: memory bounded by the
 window),
-"loop" (the recurrence step by step, the reference) and "adaptive" (an embedded Dormand-Prince RK5(4) with
-error control on every increment, for comparison with the fixed-step solvers; ``solver`` unused).
+"parallel" (the maps always formed and composed by the parallel scan over matrix products: O(L N^3) work in
+O(log L) depth), "loop" (the recurrence step by step, the reference) and "adaptive" (an embedded Dormand-Prince
+RK5(4) with error control on every increment, for comparison with the fixed-step solvers; ``solver`` unused).
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def dormand_prince_affine(M: Tensor, v: Tensor, h: Tensor, rtol: float, atol: fl
 class LinearCDE(nn.Module):
     """x: (B, L, d_model) -> y: (B, L, d_model); state: (B, d_state) real."""
 
-    modes = ("scan", "loop", "adaptive")
+    modes = ("scan", "parallel", "loop", "adaptive")
     time_varying = True
 
     def __init__(
@@ -187,9 +188,10 @@ class LinearCDE(nn.Module):
             return step_through(self._adaptive_step, x, state, lengths, per_step)
 
         if self.solver == "euler":
-            maps, recurrence = self._euler_maps, matrix_recurrence
+            maps, recurrence = self._euler_maps, partial(matrix_recurrence, mode=mode)
         else:  # the flow of each step's field: by its exponential's action on the state where that is faster
-            maps, recurrence = self._fields, partial(affine_flow_recurrence, max_exp_batch=self.max_exp_batch)
+            maps = self._fields
+            recurrence = partial(affine_flow_recurrence, mode=mode, max_exp_batch=self.max_exp_batch)
         steps = window_steps(self.chunk_length, x.shape[0], self.d_state, self.B.dtype, x.device)
         increments = self._increments(x, integration_timesteps)
         states = chunked_matrix_recurrence(maps, (increments,), state, steps, self.recompute, recurrence)
