@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import ssm_lab.ops.inverse as inverse_op
 import ssm_lab.ops.matrix_scan as matrix_scan
 from ssm_lab.cores.ids4 import IDS4
 
@@ -30,31 +31,38 @@ def test_ids4_transitions_are_the_bilinear_maps_of_the_input_dependent_matrix(ir
 
 @pytest.mark.gpu
 @pytest.mark.skipif(matrix_scan.gpu_loops is None, reason="Triton is not installed")
-def test_ids4_on_cuda_runs_the_triton_loop_and_matches_the_loop():
-    """float32 on CUDA, mode "scan": the maps by one batched solve, then the Triton time loop. Outputs, final state
-    and the gradients w.r.t. input, initial state and every parameter against the loop of the same core in float64
-    on the CPU, normwise per tensor."""
+@pytest.mark.parametrize("mode", ["scan", "parallel", "loop"])
+def test_ids4_on_cuda_matches_the_float64_loop(mode):
+    """float32 on CUDA: "scan" builds the maps with the Gauss-Jordan inverse kernel and runs the Triton time loop,
+    "parallel" composes the same maps by the parallel scan, "loop" steps through them. Outputs, final state and
+    the gradients w.r.t. input, initial state and every parameter against the loop of the same core in float64 on
+    the CPU, normwise per tensor."""
     torch.manual_seed(0)
     core = IDS4(4, d_state=8, input_dependence_std=0.5)
     generator = torch.Generator().manual_seed(1)
     inputs = (torch.randn(3, 40, 4, generator=generator), torch.randn(3, 8, generator=generator))
     weights = torch.randn(3, 40, 4, generator=generator)
     calls, results = [], []
-    affine_steps = matrix_scan.gpu_loops.affine_steps
+    affine_steps, inverse = matrix_scan.gpu_loops.affine_steps, inverse_op.gpu_kernel.inverse
 
-    def recorded(*args, **kwargs):
-        calls.append(args[0].device.type)
-        return affine_steps(*args, **kwargs)
+    def recorded(name, function):
+        def call(*args, **kwargs):
+            calls.append(name)
+            return function(*args, **kwargs)
 
-    for device, dtype, mode in (("cuda", torch.float32, "scan"), ("cpu", torch.float64, "loop")):
+        return call
+
+    for device, dtype, run_mode in (("cuda", torch.float32, mode), ("cpu", torch.float64, "loop")):
         model = core.to(device, dtype)
         x, h0 = (tensor.to(device, dtype).requires_grad_(True) for tensor in inputs)
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(matrix_scan.gpu_loops, "affine_steps", recorded)
-            y, final = model(x, h0, mode=mode)
+            patch.setattr(matrix_scan.gpu_loops, "affine_steps", recorded("time loop", affine_steps))
+            patch.setattr(inverse_op.gpu_kernel, "inverse", recorded("inverse", inverse))
+            y, final = model(x, h0, mode=run_mode)
             loss = (y * weights.to(device, dtype)).sum() + final.sum()
             gradients = torch.autograd.grad(loss, (x, h0, *model.parameters()))
         results.append([t.cpu().double() for t in (y, final, *gradients)])
-    assert calls == ["cuda", "cuda"]  # the forward loop and the adjoint's
+    expected = {"scan": ["inverse", "time loop", "time loop"], "parallel": ["inverse"], "loop": ["inverse"] * 40}
+    assert calls == expected[mode]  # "scan": the forward loop and the adjoint's
     for ours, reference in zip(*results, strict=True):
         assert (ours - reference).norm() <= 2e-5 * reference.norm()

