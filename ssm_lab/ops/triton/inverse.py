@@ -7,11 +7,15 @@ largest |K_pk| is divided by its pivot K_pk, and every other row i loses K_ik ti
 swapped: K ends as a permutation P (row p holds e_k) and X as P K^{-1}, so row p of X is written as row k of the
 inverse. N^3 multiply-adds against LU's N^3 / 3 plus its triangular solves, but in one pass that reads each matrix
 once and writes its inverse once, where a batched LU (cuBLAS getrf) and its solves are separate kernels that each
-read and write every matrix. 32768 matrices on an H100 (fp32, ``scratch`` timings with triton.testing.do_bench):
+read and write every matrix. 32768 matrices on an H100, fp32, forward (forward + backward), from
+``python -m ssm_lab.bench.inverse``:
 
-    N                16      32      64
-    this kernel      0.13    0.68    6.9 ms    (1, 1, 2 warps; 4 warps took 0.56, 2.1, 10.9 ms)
-    torch.linalg.inv 0.44    3.0     24.8 ms   (errors against float64 the same: 1-2.4e-7 normwise)
+    N                   16             32             64
+    this kernel         0.14 (0.88)    0.73 (1.44)    7.1 (9.9) ms    1, 1, 2 warps (4 took 0.56, 2.1, 10.9 ms)
+    torch.linalg.inv    0.44 (1.09)    3.0 (3.9)      23.4 (27.6) ms
+    solve, N + 1 rhs    0.93 (1.94)    3.6 (6.5)      26.9 (39.1) ms  (what IDS4's maps took before)
+
+Errors against the float64 inverse are alike: 1.3-2.4e-7 normwise here, 1.2-1.4e-7 for torch's.
 
 Past N = 64 the two tiles no longer fit in registers (N = 128: 190 ms at 4 warps, against torch's 89 ms).
 
