@@ -4,8 +4,8 @@ into one pandas DataFrame from which every figure is drawn.
 <results_dir>/runs/<experiment>/<run_id>/
     config.yaml    the resolved config
     metrics.csv    long format: step, split, metric, value
-    summary.json   status, final and best metrics, seed, parameters, wall time, device, processes (DDP)
-                   and batch size per process, version, commit
+    summary.json   status, final and best metrics (non_finite: the final ones that are NaN or infinite), seed,
+                   parameters, wall time, device, processes (DDP) and batch size per process, version, commit
     checkpoints/   last.ckpt of an unfinished run
 """
 
@@ -15,6 +15,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import tempfile
@@ -100,14 +101,15 @@ def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def final_and_best(rows: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, float]]:
-    """Last value of every split/metric, and the best value of every validation metric."""
+    """Last value of every split/metric, and the best finite value of every validation metric (a NaN or an
+    infinity is never the best, and a metric that was never finite has none)."""
     final: dict[str, float] = {}
     best: dict[str, float] = {}
     for row in sorted(rows, key=lambda r: r["step"]):
         key = f"{row['split']}/{row['metric']}"
         final[key] = row["value"]
         mode = METRIC_MODES.get(row["metric"])
-        if row["split"] == "val" and mode is not None:
+        if row["split"] == "val" and mode is not None and math.isfinite(row["value"]):
             better = min if mode == "min" else max
             best[key] = better(best.get(key, row["value"]), row["value"])
     return final, best

@@ -1,7 +1,9 @@
 """run(cfg): one training run from a composed config to a completed run record.
 
 Skips a completed run, resumes an unfinished one from its last checkpoint, and records a run
-that stops on a non-finite loss as failed, with the reason.
+that stops on a non-finite training loss as failed, with the reason. A run whose validation or test metrics
+are not finite (a model that trains on short windows may overflow on a full-length record) completes; its
+summary lists them under ``non_finite`` and the run's report warns.
 
 Sweeps and clusters: a per-run file lock lets concurrent sweeps share a results_dir (each run is
 trained by one process, a completed one never again); under DDP only global rank 0 locks and
@@ -12,6 +14,7 @@ which is only written at epoch ends, so the resumed run replays the uninterrupte
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 import signal
 import subprocess
@@ -217,6 +220,7 @@ def _train(cfg: DictConfig, path: Path, previous: dict[str, Any], callbacks: Seq
         summary.update(status=status, **fields)
         summary["wall_time_s"] += time.perf_counter() - start
         summary["final"], summary["best"] = final_and_best(recorder.rows)
+        summary["non_finite"] = sorted(key for key, value in summary["final"].items() if not math.isfinite(value))
         summary["steps"] = trainer.global_step
         if writes_record:
             write_summary(path, summary)
@@ -249,3 +253,5 @@ def _report(path: Path, summary: dict[str, Any]) -> None:
     if summary.get("reason"):
         print(f"[ssm_lab] reason: {summary['reason']}")
     print(f"[ssm_lab] {metrics} ({summary['steps']} steps, {summary['wall_time_s']:.1f} s)")
+    if summary["non_finite"]:
+        print(f"[ssm_lab] warning: not finite: {', '.join(summary['non_finite'])}")

@@ -1,13 +1,14 @@
 """End-to-end runs through the real config: learning, run records, skip, resume, determinism."""
 
 import json
+import math
 from pathlib import Path
 
 import lightning as L
 import pandas as pd
 import pytest
 
-from ssm_lab.results import gather, run_dir
+from ssm_lab.results import final_and_best, gather, run_dir
 
 
 def _record(summary: dict, config) -> Path:
@@ -132,3 +133,28 @@ def test_a_cpu_run_keeps_freed_memory_for_its_next_steps(make_config, train, mon
     monkeypatch.setattr(ssm_lab.train, "keep_freed_memory", lambda: calls.append(True) or True)
     assert train("scale.seq_len=3", "trainer.max_steps=2", "scale.eval_every=2")["status"] == "completed"
     assert calls == [True]
+
+
+def test_best_metrics_skip_nan_and_infinite_values():
+    rows = [
+        {"step": 10, "split": "val", "metric": "loss", "value": float("nan")},
+        {"step": 20, "split": "val", "metric": "loss", "value": 0.5},
+        {"step": 30, "split": "val", "metric": "loss", "value": float("-inf")},
+        {"step": 10, "split": "val", "metric": "accuracy", "value": float("nan")},
+    ]
+    final, best = final_and_best(rows)
+    assert best == {"val/loss": 0.5}  # accuracy was never finite: no best
+    assert math.isinf(final["val/loss"]) and math.isnan(final["val/accuracy"])
+
+
+def test_a_run_whose_evaluation_overflows_completes_and_says_which_metrics_are_not_finite(train, capsys):
+    """The Linear CDE (init_std 0.5: log|h| grows ~0.5 a step on a slowly varying input) trains on windows of 64
+    steps of Silverbox but overflows float32 on its 1024-step validation and test records."""
+    summary = train("model=lcde", "data=silverbox")
+    assert summary["status"] == "completed"
+    assert summary["non_finite"] == [f"{split}/{metric}" for split in ("test", "val") for metric in
+                                     ("fit_index", "loss", "nrmse", "rmse")]  # fmt: skip
+    assert all(math.isfinite(summary["final"][f"train/{metric}"]) for metric in ("loss", "rmse"))
+    assert "val/loss" not in summary["best"]
+    assert "[ssm_lab] warning: not finite: test/fit_index, test/loss" in capsys.readouterr().out
+    assert train()["non_finite"] == []  # the default run: everything finite
