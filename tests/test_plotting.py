@@ -4,9 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from ssm_lab.plotting import select_runs
+from ssm_lab.plotting import learning_curves, select_runs
 from ssm_lab.results import gather
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,3 +57,19 @@ def test_select_runs_rejects_unknown_keys_and_bad_filters(train, tmp_path):
         select_runs(runs, ["modle=lru"])
     with pytest.raises(ValueError, match="must look like key=value"):
         select_runs(runs, ["lru"])
+
+
+def test_learning_curves_keep_many_lines_apart_and_name_the_non_finite_ones():
+    """14 runs: every line a distinct (colour, style) pair past the 10-colour cycle; a run whose values are all
+    NaN keeps a legend entry that says so, a run with one finite value does not."""
+    names = [f"model{i}" for i in range(14)]
+    runs = pd.DataFrame({"run_dir": names, "choices.model": names})
+    rows = [(name, step, 1.0 / (i + step)) for i, name in enumerate(names) for step in (10, 20)]
+    curves = pd.DataFrame(rows, columns=["run_dir", "step", "value"]).assign(split="val", metric="loss")
+    curves.loc[curves["run_dir"] == "model3", "value"] = float("nan")
+    curves.loc[(curves["run_dir"] == "model4") & (curves["step"] == 20), "value"] = float("inf")
+    figure = learning_curves(runs, curves, "loss", label="choices.model")
+    lines = figure.axes[0].get_lines()
+    assert len({(line.get_color(), line.get_linestyle()) for line in lines}) == 14
+    labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert labels[3] == "model3 (not finite)" and labels[4] == "model4" and labels[13] == "model13"
