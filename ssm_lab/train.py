@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
 from torch.utils.data import DataLoader
 
 from ssm_lab.config import finalize
@@ -86,10 +87,13 @@ def run_lock(path: Path) -> Iterator[bool]:
             fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
-def _check_budget(cfg: DictConfig) -> None:
+def _check_run_values(cfg: DictConfig) -> None:
+    """The values the run folder's name and the training budget are made of, checked before the folder exists."""
     max_steps = cfg.trainer.get("max_steps")
     if not isinstance(max_steps, int) or max_steps <= 0:
         raise ValueError(f"trainer.max_steps must be a positive integer, got {max_steps!r}")
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {cfg.seed!r}")
 
 
 def _progress_bar(setting: bool | None) -> bool:
@@ -144,13 +148,14 @@ def run(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]
 
 def _run(cfg: DictConfig, callbacks: Sequence[L.Callback]) -> dict[str, Any]:
     cfg = finalize(cfg)
-    _check_budget(cfg)
+    _check_run_values(cfg)
     path = run_dir(cfg)
     if summary := _completed(path):
         print(f"[ssm_lab] run already complete, skipped: {path}")
         return summary
     if not is_rank_zero():
         return _train(cfg, path, read_summary(path) or {}, callbacks)
+    created = not path.exists()
     with run_lock(path) as locked:
         if not locked:
             print(f"[ssm_lab] run is in progress in another process, skipped: {path}")
@@ -158,17 +163,21 @@ def _run(cfg: DictConfig, callbacks: Sequence[L.Callback]) -> dict[str, Any]:
         if summary := _completed(path):  # finished by another sweep between our first look and the lock
             print(f"[ssm_lab] run already complete, skipped: {path}")
             return summary
-        return _train(cfg, path, read_summary(path) or {}, callbacks)
+        return _train(cfg, path, read_summary(path) or {}, callbacks, created)
 
 
-def _train(cfg: DictConfig, path: Path, previous: dict[str, Any], callbacks: Sequence[L.Callback]) -> dict[str, Any]:
-    writes_record = is_rank_zero()
-    if writes_record and not (path / CONFIG).exists():
-        atomic_write(path / CONFIG, OmegaConf.to_yaml(cfg))
-    checkpoint = path / "checkpoints" / "last.ckpt"
-    resume_from = checkpoint if checkpoint.exists() and previous.get("status") != "failed" else None
-    resume_step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"] if resume_from else 0
+def _remove_unused_run_folder(path: Path) -> None:
+    """Remove the run folder this call created, its lock and nothing else: a folder something else wrote into
+    stays."""
+    (path / ".lock").unlink(missing_ok=True)
+    with suppress(OSError):
+        path.rmdir()
 
+
+def _build(
+    cfg: DictConfig, path: Path, resume_step: int, callbacks: Sequence[L.Callback]
+) -> tuple[L.LightningDataModule, nn.Module, SequenceTask, Any, MetricsRecorder, L.Trainer]:
+    """The run's data module, model, task, logger, metrics recorder and trainer, from the seed on."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     spec = datamodule.spec
@@ -193,6 +202,27 @@ def _train(cfg: DictConfig, path: Path, previous: dict[str, Any], callbacks: Seq
     trainer: L.Trainer = instantiate(
         trainer_cfg, default_root_dir=str(path), logger=logger, callbacks=[checkpointing, recorder, *callbacks]
     )
+    return datamodule, model, task, logger, recorder, trainer
+
+
+def _train(
+    cfg: DictConfig, path: Path, previous: dict[str, Any], callbacks: Sequence[L.Callback], created: bool = False
+) -> dict[str, Any]:
+    """Build the run's parts, then write its config and train. A config that cannot be built (a bad value, an
+    unknown mode) raises before anything is recorded; the run folder, if this launch ``created`` it, is removed."""
+    writes_record = is_rank_zero()
+    checkpoint = path / "checkpoints" / "last.ckpt"
+    resume_from = checkpoint if checkpoint.exists() and previous.get("status") != "failed" else None
+    resume_step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"] if resume_from else 0
+
+    try:
+        datamodule, model, task, logger, recorder, trainer = _build(cfg, path, resume_step, callbacks)
+    except Exception:
+        if writes_record and created:
+            _remove_unused_run_folder(path)
+        raise
+    if writes_record and not (path / CONFIG).exists():
+        atomic_write(path / CONFIG, OmegaConf.to_yaml(cfg))
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg))
     if trainer.strategy.root_device.type == "cpu":

@@ -110,12 +110,28 @@ def test_unknown_choice_lists_the_available_ones(make_config, group, bad):
         ("data.batch_size=0", "batch_size must be a positive integer, got 0"),
         ("trainer.max_steps=0", "trainer.max_steps must be a positive integer, got 0"),
         ("model=rnn model.encoder=linear", "encoder 'linear' takes continuous inputs, but dataset 'A5' gives tokens"),
+        ("seed=abc", "seed must be a non-negative integer, got 'abc'"),
+        ("model=ids4 model.mode=conv", "IDS4 has no mode 'conv'; choose one of scan, parallel, loop"),
+        ("model=lru model.mode=parallel", "param 'lru' has no mode 'parallel'; choose one of scan, loop, conv"),
     ],
 )
-def test_bad_values_name_the_key_and_value(train, override, message):
+def test_bad_values_name_the_key_and_value(train, tmp_path, override, message):
     # hydra wraps a constructor's ValueError in an InstantiationException that adds the config key
     with pytest.raises((ValueError, InstantiationException), match=message):
         train(*override.split())
+    runs = tmp_path / "results" / "runs"
+    assert not runs.exists() or not any(path.is_dir() for path in runs.glob("*/*"))  # no run folder is left
+
+
+def test_a_config_that_cannot_be_built_keeps_a_run_folder_it_did_not_create(make_config, train):
+    """A folder from an earlier launch (here: a file in it) stays, whatever this launch fails on."""
+    overrides = ("model=ids4", "model.mode=conv")
+    folder = run_dir(make_config(*overrides))
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_text("kept")
+    with pytest.raises((ValueError, InstantiationException), match="IDS4 has no mode 'conv'"):
+        train(*overrides)
+    assert (folder / "notes.txt").read_text() == "kept"
 
 
 def test_non_finite_loss_fails_the_run_with_the_reason(make_config, train):

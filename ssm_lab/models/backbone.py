@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from ssm_lab.cores.base import check_mode
 from ssm_lab.data.spec import TaskSpec
 from ssm_lab.layers.glu import GLU
 from ssm_lab.layers.mlp import MLP
@@ -121,6 +122,7 @@ class Backbone(nn.Module):
         self.blocks = nn.ModuleList(
             Block(core(d_model=d_model), d_model, norm, mixing, nonlinear, dropout, residual) for _ in range(n_layers)
         )
+        check_mode(mode, self.blocks[0].core.modes, type(self.blocks[0].core).__name__)  # at build, not first call
         self.final_norm = nn.LayerNorm(d_model) if norm == "pre" else nn.Identity()
         self.decoder = nn.Linear(d_model, spec.d_output)
         self.readout, self.ridge = readout, ridge
