@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from importlib.metadata import PackageNotFoundError, version
@@ -32,6 +33,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader
@@ -139,11 +141,23 @@ def run(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]
 
     In a submitit job an error names the job's log: Hydra shows it where the sweep was launched."""
     try:
-        return _run(cfg, callbacks)
+        with _without_srun_hint():
+            return _run(cfg, callbacks)
     except Exception as error:
         if (log := _job_log()) and hasattr(error, "add_note"):  # add_note: Python >= 3.11
             error.add_note(f"[ssm_lab] job log: {log}")
         raise
+
+
+@contextmanager
+def _without_srun_hint() -> Iterator[None]:
+    """Outside any SLURM job (a login node, CI) Lightning, finding ``srun`` on the PATH, warns at every run that
+    it was not used; ssm_lab reaches SLURM through submitit, which runs each job under srun itself. Inside a
+    job (SLURM_JOB_ID set) the warning stays: there a missing srun can hang a multi-process run."""
+    with warnings.catch_warnings():
+        if "SLURM_JOB_ID" not in os.environ:
+            warnings.filterwarnings("ignore", message="The `srun` command is available", category=PossibleUserWarning)
+        yield
 
 
 def _run(cfg: DictConfig, callbacks: Sequence[L.Callback]) -> dict[str, Any]:

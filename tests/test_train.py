@@ -2,6 +2,8 @@
 
 import json
 import math
+import os
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -158,3 +160,22 @@ def test_a_run_whose_evaluation_overflows_completes_and_says_which_metrics_are_n
     assert "val/loss" not in summary["best"]
     assert "[ssm_lab] warning: not finite: test/fit_index, test/loss" in capsys.readouterr().out
     assert train()["non_finite"] == []  # the default run: everything finite
+
+
+def test_lightning_srun_hint_is_kept_only_inside_a_slurm_job(train, tmp_path, monkeypatch):
+    """With srun on the PATH, Lightning warns that it was not used: noise on a login node or in CI (ssm_lab reaches
+    SLURM through submitit), kept inside a SLURM job."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    for seed, job in ((0, None), (1, "1234")):
+        if job is None:
+            monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+        else:
+            monkeypatch.setenv("SLURM_JOB_ID", job)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train(f"seed={seed}")
+        assert any("`srun` command is available" in str(warning.message) for warning in caught) == (job is not None)
