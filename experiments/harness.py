@@ -133,6 +133,10 @@ def block_overrides(block: dict[str, list[str]]) -> list[str]:
     return [f"{key}={','.join(values)}" for key, values in block.items()]
 
 
+#: Overrides a figure session sets itself, and the option that sets each.
+SESSION_KEYS = {"results_dir": "--results-dir", "data_dir": "--data-dir", "scale": "--scale", "experiment": "--figure"}
+
+
 @dataclass
 class Session:
     """Where and how the figures' runs are recorded and launched.
@@ -153,6 +157,10 @@ class Session:
     def __post_init__(self) -> None:
         check_choice("scale", self.scale, SCALES)
         launcher_override(self.launcher)  # a bad launcher fails before anything is trained
+        for override in self.extra:
+            key = override.lstrip("+~").partition("=")[0]
+            if key in SESSION_KEYS:  # the runs would land where the figure never looks, or not be the figure's
+                raise ValueError(f"--set {override}: {key} is the session's own, set it with {SESSION_KEYS[key]}")
 
     def base_overrides(self, experiment: str) -> list[str]:
         """What every run of the figure computes with: preset, scale, folders and the extra overrides."""

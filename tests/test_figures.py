@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -269,6 +270,16 @@ def test_bad_scale_or_launcher_names_the_allowed_ones(tmp_path, key, value, allo
     settings = {"scale": "smoke", "launcher": "basic", key: value}
     with pytest.raises(ValueError, match=f"unknown {key} '{value}'; choose one of .*{allowed}"):
         Session(settings["scale"], tmp_path, tmp_path, launcher=settings["launcher"])
+
+
+@pytest.mark.parametrize(
+    ("override", "option"), [("results_dir=/elsewhere", "--results-dir"), ("scale=paper", "--scale"),
+                             ("+data_dir=x", "--data-dir"), ("experiment=sysid", "--figure")]
+)  # fmt: skip
+def test_overrides_the_session_sets_itself_point_to_its_options(tmp_path, override, option):
+    """--set results_dir=... would record the runs where the figure never looks for them."""
+    with pytest.raises(ValueError, match=f"--set {re.escape(override)}: .* set it with {option}"):
+        Session("smoke", tmp_path, tmp_path, extra=(override,))
 
 
 def test_markdown_table_escapes_and_formats():
