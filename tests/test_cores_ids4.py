@@ -29,6 +29,21 @@ def test_ids4_transitions_are_the_bilinear_maps_of_the_input_dependent_matrix(ir
             torch.testing.assert_close(inputs[b, t], inverse @ (dt[b, t] * core.B @ x[b, t]))
 
 
+@pytest.mark.parametrize("mode", ["scan", "parallel", "loop"])
+def test_ids4_recurrence_keeps_the_parameters_precision_under_autocast(mode):
+    """Under bf16 autocast the maps (their inverse and products) and the recurrence stay in float32 in every mode;
+    only the readout runs in bf16."""
+    torch.manual_seed(0)
+    core = IDS4(4, d_state=8, input_dependence_std=0.5)
+    x = torch.randn(2, 9, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, final = core(x, mode=mode)
+    assert final.dtype == torch.float32
+    reference, reference_final = core(x, mode=mode)
+    torch.testing.assert_close(final, reference_final)
+    assert (y.float() - reference).norm() <= 1e-2 * reference.norm()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(matrix_scan.gpu_loops is None, reason="Triton is not installed")
 @pytest.mark.parametrize("mode", ["scan", "parallel", "loop"])

@@ -211,17 +211,22 @@ def test_lcde_on_cuda_runs_the_kernel_and_matches_the_loop(chunk_length):
         assert (ours - reference).norm() <= 2e-5 * reference.norm()
 
 
-def test_lcde_fields_keep_the_parameters_precision_under_autocast():
-    """Under bf16 autocast the vector fields (and so the exponentials and the recurrence) stay in float32; only the
-    readout runs in bf16, so the output is the float32 one to bf16's rounding."""
+@pytest.mark.parametrize(
+    ("solver", "mode"), [("exp", "scan"), ("exp", "parallel"), ("exp", "loop"), ("exp", "adaptive"),
+                         ("euler", "scan"), ("euler", "parallel"), ("euler", "loop")]
+)  # fmt: skip
+def test_lcde_recurrence_keeps_the_parameters_precision_under_autocast(solver, mode):
+    """Under bf16 autocast the vector fields, the exponentials and the recurrence stay in float32 in every mode
+    (the formed maps' products and the parallel scan ran in bf16 before); only the readout runs in bf16, so the
+    final state is the float32 one and the output is within bf16 rounding of it."""
     torch.manual_seed(0)
-    core = LinearCDE(6, d_state=8, init_std=0.5)
+    core = LinearCDE(6, d_state=8, init_std=0.5, solver=solver)
     x = torch.randn(2, 9, 6)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         M, v = core.vector_field(x, None)
-        y, final = core(x)
+        y, final = core(x, mode=mode)
     assert M.dtype == v.dtype == final.dtype == torch.float32
-    reference, reference_final = core(x)
+    reference, reference_final = core(x, mode=mode)
     torch.testing.assert_close(final, reference_final)
     assert (y.float() - reference).norm() <= 1e-2 * reference.norm()
 

@@ -28,7 +28,13 @@ from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
 from ssm_lab.cores.s4d import log_uniform_steps
 from ssm_lab.cores.stepping import check_timesteps, step_through
 from ssm_lab.ops.hippo import legs
-from ssm_lab.ops.matrix_scan import bilinear_maps, bilinear_recurrence, chunked_matrix_recurrence, window_steps
+from ssm_lab.ops.matrix_scan import (
+    affine_step,
+    bilinear_maps,
+    bilinear_recurrence,
+    chunked_matrix_recurrence,
+    window_steps,
+)
 from ssm_lab.optim import mark_recurrence
 from ssm_lab.validation import check_positive
 
@@ -120,6 +126,5 @@ class IDS4(nn.Module):
 
     def step(self, x_t: Tensor, state: Tensor, integration_timesteps: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """x_t: (B, d_model), state: (B, d_state) -> (y_t, next state)."""
-        transition, inputs = self.transitions(x_t, integration_timesteps)
-        state = (transition @ state.unsqueeze(-1)).squeeze(-1) + inputs
+        state = affine_step(*self.transitions(x_t, integration_timesteps), state)
         return state @ self.C.T + self.D * x_t, state

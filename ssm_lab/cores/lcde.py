@@ -44,7 +44,14 @@ from torch import Tensor, nn
 from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
 from ssm_lab.cores.stepping import check_timesteps, step_through
 from ssm_lab.ops.exp_action import affine_flow_recurrence
-from ssm_lab.ops.matrix_scan import batched_affine_exp, chunked_matrix_recurrence, matrix_recurrence, window_steps
+from ssm_lab.ops.matrix_scan import (
+    affine_step,
+    batched_affine_exp,
+    chunked_matrix_recurrence,
+    matrix_recurrence,
+    window_steps,
+    without_autocast,
+)
 from ssm_lab.optim import mark_recurrence
 from ssm_lab.validation import check_positive
 
@@ -65,11 +72,12 @@ _DP_STAGES = (
 _DP_ERROR = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)
 
 
+@without_autocast
 def dormand_prince_affine(M: Tensor, v: Tensor, h: Tensor, rtol: float, atol: float) -> tuple[Tensor, int]:
     """Solve h' = M h + v over s in [0, 1] with adaptive steps. M: (B, N, N), v, h: (B, N).
 
     One step size for the whole batch (the worst element's error decides). Returns (h(1), steps taken)."""
-    field = lambda state: (M @ state.unsqueeze(-1)).squeeze(-1) + v  # noqa: E731
+    field = lambda state: affine_step(M, v, state)  # noqa: E731
     s, step, steps = 0.0, 0.5, 0
     while s < 1.0:
         step = min(step, 1.0 - s)
@@ -199,8 +207,7 @@ class LinearCDE(nn.Module):
 
     def step(self, x_t: Tensor, state: Tensor, integration_timesteps: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """x_t: (B, d_model), state: (B, d_state) -> (y_t, next state), one fixed solver step."""
-        transition, offset = self.transitions(x_t, integration_timesteps)
-        state = (transition @ state.unsqueeze(-1)).squeeze(-1) + offset
+        state = affine_step(*self.transitions(x_t, integration_timesteps), state)
         return self.readout(state), state
 
     def _adaptive_step(self, x_t: Tensor, state: Tensor, integration_timesteps: Tensor | None = None):

@@ -21,9 +21,11 @@ under glibc's mmap ceiling also keep the maps in reused heap memory (``window_st
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -45,6 +47,7 @@ __all__ = [
     "AUTO_EXP_BATCH",
     "MODES",
     "affine_exp",
+    "affine_step",
     "batched_affine_exp",
     "bilinear_maps",
     "bilinear_recurrence",
@@ -58,7 +61,22 @@ __all__ = [
     "scaling_squarings",
     "taylor_degree",
     "window_steps",
+    "without_autocast",
 ]
+
+
+def without_autocast(function: Callable) -> Callable:
+    """``function`` run with autocast off on the device of its first tensor argument, in its inputs' dtype. The
+    dense recurrences invert, exponentiate and multiply L maps, which bf16 would not survive: under autocast
+    (``trainer.precision=bf16-mixed``) the cores hand them float32 maps, and every product here stays float32."""
+
+    @functools.wraps(function)
+    def in_input_precision(*args: Any, **kwargs: Any) -> Any:
+        device = next(arg.device.type for arg in (*args, *kwargs.values()) if isinstance(arg, Tensor))
+        with torch.autocast(device, enabled=False):
+            return function(*args, **kwargs)
+
+    return in_input_precision
 
 
 def check_shapes(M: Tensor, v: Tensor, h0: Tensor | None) -> None:
@@ -73,6 +91,13 @@ def _apply(M: Tensor, h: Tensor) -> Tensor:
     return (M @ h.unsqueeze(-1)).squeeze(-1)
 
 
+@without_autocast
+def affine_step(M: Tensor, v: Tensor, h: Tensor) -> Tensor:
+    """One step M h + v: M (..., N, N), v and h (..., N) (the cores' ``step``)."""
+    return _apply(M, h) + v
+
+
+@without_autocast
 def matrix_recurrence_ref(M: Tensor, v: Tensor, h0: Tensor | None = None) -> Tensor:
     """Plain loop: h_t = M_t h_{t-1} + v_t, h_{-1} = h0 (zero if None); steps by ``unbind`` (see
     ``ssm_lab.ops.scan.linear_recurrence_ref``)."""
@@ -105,6 +130,7 @@ def _odd_even_scan(M: Tensor, v: Tensor) -> Tensor:
     return torch.stack([even_states, odd_states], dim=2).reshape(v.shape)
 
 
+@without_autocast
 def matrix_recurrence_scan(M: Tensor, v: Tensor, h0: Tensor | None = None) -> Tensor:
     """Parallel scan of the same recurrence; equals ``matrix_recurrence_ref``."""
     check_shapes(M, v, h0)
@@ -113,6 +139,7 @@ def matrix_recurrence_scan(M: Tensor, v: Tensor, h0: Tensor | None = None) -> Te
     return _odd_even_scan(M, v)
 
 
+@without_autocast
 def matrix_recurrence_sequential(M: Tensor, v: Tensor, h0: Tensor | None = None) -> Tensor:
     """The same recurrence step by step as one autograd node with a hand-written backward.
 
@@ -204,6 +231,7 @@ def matrix_recurrence(M: Tensor, v: Tensor, h0: Tensor | None = None, mode: str 
     return _PATHS[_path(mode, M, v, h0)](M, v, h0)
 
 
+@without_autocast
 def bilinear_maps(half_step_A: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor]:
     """The bilinear (trapezoidal) discretisation, S = dt/2 A: (..., N, N), u = dt B x: (..., N) ->
     (Abar = (I - S)^{-1} (I + S): (..., N, N), Bbar x = (I - S)^{-1} u: (..., N)), from one inverse X = (I - S)^{-1}
@@ -215,6 +243,7 @@ def bilinear_maps(half_step_A: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor]:
     return 2 * inverse - eye, (inverse @ inputs.unsqueeze(-1)).squeeze(-1)
 
 
+@without_autocast
 def bilinear_recurrence(half_step_A: Tensor, inputs: Tensor, h0: Tensor | None = None, mode: str = "scan") -> Tensor:
     """Every state of h_t = Abar_t h_{t-1} + Bbar_t x_t for the maps of ``bilinear_maps``: (B, L, N).
 
@@ -339,6 +368,7 @@ def _horner_in_blocks(
     return total
 
 
+@without_autocast
 def affine_exp(M: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     """(e^M, phi_1(M) v): the blocks of expm([[M, v], [0, 0]]) = [[e^M, phi_1(M) v], [0, 1]], the flow of
     h' = M h + v over unit time. M: (..., N, N), v: (..., N).
