@@ -77,7 +77,7 @@ def dormand_prince_affine(M: Tensor, v: Tensor, h: Tensor, rtol: float, atol: fl
     """Solve h' = M h + v over s in [0, 1] with adaptive steps. M: (B, N, N), v, h: (B, N).
 
     One step size for the whole batch (the worst element's error decides). Returns (h(1), steps taken)."""
-    field = lambda state: affine_step(M, v, state)  # noqa: E731
+    field = partial(affine_step, M, v)
     s, step, steps = 0.0, 0.5, 0
     while s < 1.0:
         step = min(step, 1.0 - s)
