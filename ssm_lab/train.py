@@ -141,7 +141,7 @@ def run(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]
 
     In a submitit job an error names the job's log: Hydra shows it where the sweep was launched."""
     try:
-        with _without_srun_hint():
+        with _without_lightning_hints():
             return _run(cfg, callbacks)
     except Exception as error:
         if (log := _job_log()) and hasattr(error, "add_note"):  # add_note: Python >= 3.11
@@ -150,13 +150,17 @@ def run(cfg: DictConfig, callbacks: Sequence[L.Callback] = ()) -> dict[str, Any]
 
 
 @contextmanager
-def _without_srun_hint() -> Iterator[None]:
-    """Outside any SLURM job (a login node, CI) Lightning, finding ``srun`` on the PATH, warns at every run that
-    it was not used; ssm_lab reaches SLURM through submitit, which runs each job under srun itself. Inside a
-    job (SLURM_JOB_ID set) the warning stays: there a missing srun can hang a multi-process run."""
+def _without_lightning_hints() -> Iterator[None]:
+    """Two Lightning warnings that do not apply to a run of ssm_lab:
+    - outside any SLURM job (a login node, CI), finding ``srun`` on the PATH, it warns at every run that srun was
+      not used; ssm_lab reaches SLURM through submitit, which runs each job under srun itself. Inside a job
+      (SLURM_JOB_ID set) the warning stays: there a missing srun can hang a multi-process run;
+    - "`training_step` returned `None`": ``SequenceTask`` returns None only for a least-squares readout (e.g.
+      ``model=lcde_random_ols``), which is solved, not stepped."""
     with warnings.catch_warnings():
         if "SLURM_JOB_ID" not in os.environ:
             warnings.filterwarnings("ignore", message="The `srun` command is available", category=PossibleUserWarning)
+        warnings.filterwarnings("ignore", message="`training_step` returned `None`")
         yield
 
 

@@ -5,6 +5,7 @@ otherwise ignore."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -27,7 +28,10 @@ def test_baseline_trains_on_a5(train, model):
 
 
 def test_random_lcde_with_least_squares_readout_learns_without_gradients(train, make_config):
-    summary = train("model=lcde_random_ols", *SHORT)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = train("model=lcde_random_ols", *SHORT)
+    assert not any("training_step" in str(warning.message) for warning in caught)  # None is on purpose here
     assert summary["status"] == "completed"
     assert summary["final"]["val/accuracy"] > 5 / 60  # chance is 1/60: the readout was fitted
     assert make_config("model=lcde_random_ols").model.readout == "least_squares"
