@@ -35,7 +35,6 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 from torch.utils.data import DataLoader
 
 from ssm_lab.config import finalize
@@ -194,8 +193,8 @@ def _remove_unused_run_folder(path: Path) -> None:
 
 def _build(
     cfg: DictConfig, path: Path, resume_step: int, callbacks: Sequence[L.Callback]
-) -> tuple[L.LightningDataModule, nn.Module, SequenceTask, Any, MetricsRecorder, L.Trainer]:
-    """The run's data module, model, task, logger, metrics recorder and trainer, from the seed on."""
+) -> tuple[L.LightningDataModule, SequenceTask, Any, MetricsRecorder, L.Trainer]:
+    """The run's data module, task (with its model), logger, metrics recorder and trainer, from the seed on."""
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = instantiate(cfg.data)
     spec = datamodule.spec
@@ -220,7 +219,7 @@ def _build(
     trainer: L.Trainer = instantiate(
         trainer_cfg, default_root_dir=str(path), logger=logger, callbacks=[checkpointing, recorder, *callbacks]
     )
-    return datamodule, model, task, logger, recorder, trainer
+    return datamodule, task, logger, recorder, trainer
 
 
 def _train(
@@ -234,7 +233,7 @@ def _train(
     resume_step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"] if resume_from else 0
 
     try:
-        datamodule, model, task, logger, recorder, trainer = _build(cfg, path, resume_step, callbacks)
+        datamodule, task, logger, recorder, trainer = _build(cfg, path, resume_step, callbacks)
     except Exception:
         if writes_record and created:
             _remove_unused_run_folder(path)
@@ -246,7 +245,7 @@ def _train(
     if trainer.strategy.root_device.type == "cpu":
         keep_freed_memory()  # no page faults re-reading each step's activations (ssm_lab.cpu_memory)
 
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(p.numel() for p in task.model.parameters())
     summary: dict[str, Any] = {
         "run_id": path.name,
         "experiment": str(cfg.name),
@@ -288,10 +287,10 @@ def _train(
     except BaseException as error:  # Ctrl-C, submitit's requeue, a crash: the next launch resumes from last.ckpt
         record("interrupted", reason=f"{type(error).__name__}: {error}")
         raise
-    if hasattr(model, "certified_gain_bound"):
+    if hasattr(task.model, "certified_gain_bound"):
         from ssm_lab.models.certificate import audit  # only certified models need it
 
-        summary.update(audit(model))  # certified_gain and empirical_gain
+        summary.update(audit(task.model))  # certified_gain and empirical_gain
     return record("completed")
 
 

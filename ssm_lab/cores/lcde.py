@@ -50,7 +50,6 @@ from ssm_lab.ops.matrix_scan import (
     chunked_matrix_recurrence,
     matrix_recurrence,
     window_steps,
-    without_autocast,
 )
 from ssm_lab.optim import mark_recurrence
 from ssm_lab.validation import check_positive
@@ -72,7 +71,6 @@ _DP_STAGES = (
 _DP_ERROR = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)
 
 
-@without_autocast
 def dormand_prince_affine(M: Tensor, v: Tensor, h: Tensor, rtol: float, atol: float) -> tuple[Tensor, int]:
     """Solve h' = M h + v over s in [0, 1] with adaptive steps. M: (B, N, N), v, h: (B, N).
 

@@ -243,7 +243,6 @@ def bilinear_maps(half_step_A: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor]:
     return 2 * inverse - eye, (inverse @ inputs.unsqueeze(-1)).squeeze(-1)
 
 
-@without_autocast
 def bilinear_recurrence(half_step_A: Tensor, inputs: Tensor, h0: Tensor | None = None, mode: str = "scan") -> Tensor:
     """Every state of h_t = Abar_t h_{t-1} + Bbar_t x_t for the maps of ``bilinear_maps``: (B, L, N).
 
