@@ -13,6 +13,7 @@ from torch import nn
 
 from ssm_lab.cores.ids4 import IDS4
 from ssm_lab.cores.lcde import LinearCDE
+from ssm_lab.cores.lru import LRU
 from ssm_lab.cores.mamba import Mamba
 from ssm_lab.cores.rglru import RGLRU
 from ssm_lab.cores.rnn import TorchRecurrentCore
@@ -149,6 +150,58 @@ def test_padding_never_changes_real_outputs_or_final_state(name, mode):
             assert_close(tuple(leaf[b : b + 1] for leaf in leaves(state)), tuple(leaves(state_alone)))
 
 
+@pytest.mark.parametrize("fill", [float("nan"), float("inf"), 1e30])
+@pytest.mark.parametrize(("name", "mode"), ALL_MODES)
+def test_non_finite_or_huge_padding_reaches_no_real_output_state_or_gradient(name, mode, fill):
+    """Whatever the padding holds, the real tokens' outputs, the final state, the continuation and every gradient of
+    a loss on the real tokens equal those of zero padding: the FFT convolutions, attention and the recurrences'
+    backward would otherwise carry 0 * inf or rounding of huge values into them."""
+    core, x = build(name), inputs()
+    lengths = torch.tensor([LENGTH, 5, 1])
+    real = torch.arange(LENGTH).unsqueeze(0) < lengths.unsqueeze(1)
+    results = []
+    for padding in (0.0, fill):
+        padded = torch.where(real.unsqueeze(-1), x, padding).requires_grad_(True)
+        core.zero_grad()
+        y, state = core(padded, mode=mode, lengths=lengths)
+        y_next = core(inputs(seed=4, length=3), state=state, mode=mode)[0]
+        scalar(torch.where(real.unsqueeze(-1), y, 0.0), state).backward()
+        grads = (padded.grad[real], *(p.grad for p in core.parameters() if p.grad is not None))
+        results.append((y[real], y_next, tuple(s for s in leaves(state) if s.is_floating_point() or s.is_complex()), grads))
+    for zero_padded, filled in zip(*results, strict=True):
+        assert_close(filled, zero_padded, atol=0, rtol=0)
+
+
+def test_conv_kernels_stay_finite_when_a_decay_underflows():
+    """A strongly damped mode whose decay underflows to 0 (valid: every nu_log is stable) gives decay^0 = 1 and
+    decay^s = 0 after in the conv modes, as in the recurrence, instead of exp(0 * log 0) = NaN."""
+    lru, s4d = LRU(3, d_state=4).double(), S4D(3, d_state=4).double()
+    with torch.no_grad():
+        lru.nu_log[0] = 7.0  # |lambda_0| = exp(-e^7) = 0 in float64
+        s4d.log_neg_real[0, 0] = 14.0  # exp(dt lambda) = 0 in float64
+    x = inputs()[..., :3]
+    for core in (lru, s4d):
+        assert float(core.system()[0].abs().min() if core is lru else core.discrete()[0].abs().min()) == 0.0
+        assert_close(core(x, mode="conv"), core(x, mode="loop"))
+        core.zero_grad()
+        scalar(*core(x, mode="conv")).backward()
+        assert all(bool(torch.isfinite(p.grad).all()) for p in core.parameters())
+
+
+@pytest.mark.parametrize(("name", "mode"), ALL_MODES)
+def test_a_state_of_another_batch_size_is_an_error(name, mode):
+    core = build(name)
+    with pytest.raises(ValueError, match=r"state must "):
+        core(inputs(), state=core.default_state(1), mode=mode)
+
+
+@pytest.mark.parametrize(("name", "mode"), ALL_MODES)
+@pytest.mark.parametrize("lengths", [[LENGTH, 0, 1], [LENGTH, LENGTH + 1, 1], [LENGTH, 1]])
+def test_lengths_out_of_range_or_of_another_batch_size_are_errors(name, mode, lengths):
+    with pytest.raises(ValueError, match=rf"lengths must be \(B,\) = \({BATCH},\) with values in 1..{LENGTH}"):
+        build(name)(inputs(), mode=mode, lengths=torch.tensor(lengths))
+
+
 @pytest.mark.parametrize("name", list(CORES))
 def test_unknown_mode_is_an_error_naming_the_choices(name):
     core = build(name)
@@ -274,6 +327,9 @@ def test_mamba_kernel_mode_off_the_gpu_is_an_error():
         (lambda: RGLRU(4, c=0.0), "c must be positive"),
         (lambda: IDS4(4, d_state=0), "d_state must be a positive integer"),
         (lambda: IDS4(4, input_dependence_std=-1.0), "input_dependence_std must be >= 0"),
+        (lambda: Mamba(4, dt_rank=0), "dt_rank must be a positive integer, got 0"),
+        (lambda: LRU(4, max_phase=float("inf")), "max_phase must be positive and finite, got inf"),
+        *((lambda make=make: make(0), "d_model must be a positive integer, got 0") for make in CORES.values()),
     ],
 )
 def test_bad_core_options_are_errors(make, message):

@@ -1,7 +1,9 @@
-"""Shared pieces of the core contract: input and mode checks, final states of padded batches, and the
-residual skip folded into a readout."""
+"""Shared pieces of the core contract: input, mode, state and lengths checks, padding, final states of padded
+batches, and the residual skip folded into a readout."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -21,6 +23,44 @@ def check_mode(mode: str, modes: tuple[str, ...], core: str) -> None:
         raise ValueError(f"{core} has no mode {mode!r}; choose one of {', '.join(modes)}")
 
 
+def check_lengths(lengths: Tensor, batch: int, length: int) -> Tensor:
+    """``lengths`` on its own device after checking that it is (B,) = (batch,) with values in 1..length."""
+    if lengths.shape != (batch,) or bool((lengths < 1).any()) or bool((lengths > length).any()):
+        raise ValueError(f"lengths must be (B,) = ({batch},) with values in 1..{length}, got {lengths.tolist()}")
+    return lengths
+
+
+def zero_padding(x: Tensor, lengths: Tensor | None) -> Tensor:
+    """x: (B, L, ...) with every step at or after its sequence's length set to 0 (x itself when lengths is None).
+
+    Each core takes its input through this: right padding then reaches no real output, final state or gradient,
+    whatever it holds. Where a mode mixes all steps (FFT convolutions, attention, the adaptive solver), padding
+    would otherwise leak into real outputs through rounding, and NaN or inf padding through 0 * inf; through a
+    recurrence, a non-finite padded step makes the backward's 0 * inf too. ``torch.where``, not a product with the
+    mask, so that non-finite padding goes as well; its gradient is 0 on the padding."""
+    if lengths is None:
+        return x
+    lengths = check_lengths(lengths, x.shape[0], x.shape[1]).to(x.device)
+    real = torch.arange(x.shape[1], device=x.device) < lengths.unsqueeze(1)
+    return torch.where(real.view(*real.shape, *([1] * (x.dim() - 2))), x, x.new_zeros(()))
+
+
+def check_state(state: Any, expected: Any, core: str) -> None:
+    """Raise unless ``state`` has the structure and shapes of ``expected`` (the core's ``default_state(B)``): a
+    state of another batch size would otherwise broadcast silently in some modes."""
+    shapes = _shapes(state)
+    if shapes != _shapes(expected):
+        raise ValueError(f"{core} state must have shape {_shapes(expected)} (default_state(B)), got {shapes}")
+
+
+def _shapes(state: Any) -> Any:
+    if isinstance(state, Tensor):
+        return tuple(state.shape)
+    if isinstance(state, (tuple, list)):
+        return tuple(_shapes(part) for part in state)
+    return type(state).__name__
+
+
 def state_at_lengths(states: Tensor, lengths: Tensor | None) -> Tensor:
     """Final state of each sequence: states[b, lengths[b] - 1] (the last step when lengths is None).
 
@@ -28,11 +68,7 @@ def state_at_lengths(states: Tensor, lengths: Tensor | None) -> Tensor:
     """
     if lengths is None:
         return states[:, -1]
-    lengths = lengths.to(states.device)
-    if lengths.shape != (states.shape[0],) or bool((lengths < 1).any()) or bool((lengths > states.shape[1]).any()):
-        raise ValueError(
-            f"lengths must be (B,) = ({states.shape[0]},) with values in 1..{states.shape[1]}, got {lengths.tolist()}"
-        )
+    lengths = check_lengths(lengths, states.shape[0], states.shape[1]).to(states.device)
     index = (lengths - 1).view(-1, *([1] * (states.dim() - 1))).expand(-1, 1, *states.shape[2:])
     return torch.gather(states, 1, index).squeeze(1)
 

@@ -24,7 +24,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
+from ssm_lab.cores.base import check_input, check_mode, check_state, state_at_lengths, zero_padding
 from ssm_lab.cores.s4d import log_uniform_steps
 from ssm_lab.cores.stepping import check_timesteps, step_through
 from ssm_lab.ops.hippo import legs
@@ -54,7 +54,7 @@ class IDS4(nn.Module):
         dt_max: float = 1e-1,
     ) -> None:
         super().__init__()
-        check_positive(d_state=d_state)
+        check_positive(d_model=d_model, d_state=d_state)
         if input_dependence_std < 0:
             raise ValueError(f"input_dependence_std must be >= 0, got {input_dependence_std}")
         self.d_model, self.d_state = d_model, d_state
@@ -104,6 +104,9 @@ class IDS4(nn.Module):
         check_input(x, self.d_model)
         check_mode(mode, self.modes, "IDS4")
         check_timesteps(integration_timesteps, x)
+        if state is not None:
+            check_state(state, self.default_state(x.shape[0], x.device), "IDS4")
+        x = zero_padding(x, lengths)
         if mode == "loop":
             state = self.default_state(x.shape[0], x.device) if state is None else state
             return step_through(self.step, x, state, lengths, {"integration_timesteps": integration_timesteps})

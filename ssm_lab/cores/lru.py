@@ -17,9 +17,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ssm_lab.cores.base import check_input, check_mode, fold_residual, state_at_lengths
+from ssm_lab.cores.base import check_input, check_mode, fold_residual, state_at_lengths, zero_padding
 from ssm_lab.inference_cache import cached_without_grad
-from ssm_lab.ops.fft_conv import causal_conv
+from ssm_lab.ops.fft_conv import causal_conv, log_of_decay
 from ssm_lab.ops.scan import linear_recurrence
 from ssm_lab.ops.spectral import spectral_norm_bound
 from ssm_lab.optim import mark_recurrence
@@ -36,7 +36,7 @@ def diagonal_recurrence_conv(eigenvalues: Tensor, drive: Tensor, h0: Tensor | No
     """
     n, length = drive.shape[-1], drive.shape[1]
     steps = torch.arange(length, device=drive.device, dtype=drive.real.dtype).unsqueeze(1)
-    powers = torch.exp(steps * torch.log(eigenvalues))  # (L, N): lambda^s
+    powers = torch.exp(steps * log_of_decay(eigenvalues))  # (L, N): lambda^s
     signal = torch.cat([drive.real, drive.imag, drive.real, drive.imag], dim=-1)
     kernel = torch.cat([powers.real, powers.real, powers.imag, powers.imag], dim=-1)
     products = causal_conv(signal, kernel)
@@ -170,6 +170,7 @@ class DiagonalLTICore(nn.Module):
         if state is not None and state.shape != (x.shape[0], self.state_size):
             expected, name = (x.shape[0], self.state_size), type(self).__name__
             raise ValueError(f"{name} initial state must be (B, N) = {expected}, got {tuple(state.shape)}")
+        x = zero_padding(x, lengths)
         eigenvalues, B, C, D = system
         drive = complex_drive(x, B)
         if mode == "conv":
@@ -235,8 +236,8 @@ class LRU(DiagonalLTICore):
         check_positive(d_model=d_model, d_state=d_state)
         if not 0.0 <= r_min < r_max <= 1.0:
             raise ValueError(f"need 0 <= r_min < r_max <= 1, got r_min={r_min}, r_max={r_max}")
-        if max_phase <= 0:
-            raise ValueError(f"max_phase must be positive, got {max_phase}")
+        if not 0 < max_phase < math.inf:
+            raise ValueError(f"max_phase must be positive and finite, got {max_phase}")
         self.d_model, self.d_state = d_model, d_state
         self.state_size = d_state
         u1, u2 = torch.rand(d_state), torch.rand(d_state)

@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ssm_lab.cores.base import check_input, check_mode
+from ssm_lab.cores.base import check_input, check_mode, check_state, zero_padding
 from ssm_lab.cores.s4d import log_uniform_steps
 from ssm_lab.cores.stepping import check_timesteps, step_through
 from ssm_lab.ops.selective_scan import positive_decay, selective_scan_by_mode, signed_decay
@@ -52,14 +52,16 @@ class Mamba(nn.Module):
         chunk_size: int = 32,
     ) -> None:
         super().__init__()
-        check_positive(d_state=d_state, expand=expand, d_conv=d_conv, chunk_size=chunk_size)
+        check_positive(d_model=d_model, d_state=d_state, expand=expand, d_conv=d_conv, chunk_size=chunk_size)
+        if dt_rank is not None:
+            check_positive(dt_rank=dt_rank)  # None: ceil(d_model / 16), as in Mamba
         if d_conv < 2:
             raise ValueError(f"d_conv must be >= 2 (a causal window of at least two steps), got {d_conv}")
         if eigenvalues not in EIGENVALUE_RANGES:
             raise ValueError(f"unknown eigenvalues {eigenvalues!r}; choose one of {', '.join(EIGENVALUE_RANGES)}")
         self.d_model, self.d_state, self.d_conv, self.chunk_size = d_model, d_state, d_conv, chunk_size
         self.d_inner = expand * d_model
-        self.dt_rank = dt_rank or math.ceil(d_model / 16)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank is None else dt_rank
         self.signed = eigenvalues == "signed"
         self.decay_of = EIGENVALUE_RANGES[eigenvalues]
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
@@ -102,6 +104,8 @@ class Mamba(nn.Module):
         check_timesteps(integration_timesteps, x)
         if state is None:
             state = self.default_state(x.shape[0], x.device)
+        check_state(state, self.default_state(x.shape[0], x.device), "Mamba")
+        x = zero_padding(x, lengths)
         if mode == "loop":
             return step_through(self.step, x, state, lengths, {"integration_timesteps": integration_timesteps})
         window, ssm_state = state
@@ -109,9 +113,7 @@ class Mamba(nn.Module):
         history = torch.cat([window, inputs], dim=1)  # (B, d_conv - 1 + L, E)
         u = nn.functional.silu(self._causal_conv(history))
         delta, B, C = self._selection(u, integration_timesteps)
-        if lengths is not None:  # delta = 0 on padding: decay 1, input 0, the state passes through
-            valid = torch.arange(x.shape[1], device=x.device) < lengths.to(x.device).unsqueeze(1)
-            delta = delta * valid.unsqueeze(-1).to(delta.dtype)
+        delta = zero_padding(delta, lengths)  # delta = 0 on padding: decay 1, input 0, the state passes through
         A = -torch.exp(self.A_log)
         y, ssm_state = selective_scan_by_mode(
             u, delta, A, B, C, self.D, ssm_state, mode=mode, signed=self.signed, chunk_size=self.chunk_size

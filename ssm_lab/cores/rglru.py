@@ -14,10 +14,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
+from ssm_lab.cores.base import check_input, check_mode, state_at_lengths, zero_padding
 from ssm_lab.cores.stepping import check_timesteps
 from ssm_lab.ops.scan import linear_recurrence
 from ssm_lab.optim import mark_recurrence
+from ssm_lab.validation import check_positive
 
 
 class RGLRU(nn.Module):
@@ -28,6 +29,7 @@ class RGLRU(nn.Module):
 
     def __init__(self, d_model: int, c: float = 8.0, r_min: float = 0.9, r_max: float = 0.999) -> None:
         super().__init__()
+        check_positive(d_model=d_model)
         if not 0.0 < r_min < r_max < 1.0:
             raise ValueError(f"need 0 < r_min < r_max < 1, got r_min={r_min}, r_max={r_max}")
         if c <= 0:
@@ -62,6 +64,7 @@ class RGLRU(nn.Module):
         check_input(x, self.d_model)
         check_mode(mode, self.modes, "RG-LRU")
         check_timesteps(integration_timesteps, x)
+        x = zero_padding(x, lengths)
         decay, inputs = self._coefficients(x, integration_timesteps)
         states = linear_recurrence(decay, inputs, state, mode=mode)
         return states, state_at_lengths(states, lengths)

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
+from ssm_lab.cores.base import check_input, check_mode, check_state, state_at_lengths, zero_padding
 from ssm_lab.cores.stepping import step_through
 from ssm_lab.ops.gru import gru_sequence
 from ssm_lab.validation import check_positive
@@ -54,6 +54,8 @@ class TorchRecurrentCore(nn.Module):
         check_mode(mode, self.modes, self.cell)
         if state is None:
             state = self.default_state(x.shape[0], x.device)
+        check_state(state, self.default_state(x.shape[0], x.device), self.cell)
+        x = zero_padding(x, lengths)
         if mode == "loop":
             return step_through(self.step, x, state, lengths)
         if self.cell == "gru" and not x.is_cuda:  # causal: padding after a sequence never reaches its states

@@ -28,7 +28,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ssm_lab.cores.base import check_input, check_mode
+from ssm_lab.cores.base import check_input, check_mode, check_state, zero_padding
 from ssm_lab.cores.s4d import log_uniform_steps, right_align
 from ssm_lab.cores.stepping import step_through
 from ssm_lab.ops.fft_conv import causal_conv
@@ -226,7 +226,7 @@ class S4(nn.Module):
 
     def __init__(self, d_model: int, d_state: int = 64, dt_min: float = 1e-3, dt_max: float = 1e-1) -> None:
         super().__init__()
-        check_positive(d_state=d_state)
+        check_positive(d_model=d_model, d_state=d_state)
         self.d_model, self.d_state = d_model, d_state
         eigenvalues, p, b, _ = legs_dplr(d_state)
         self.log_neg_real = nn.Parameter(torch.log(-eigenvalues.real).float().repeat(d_model, 1))
@@ -290,6 +290,9 @@ class S4(nn.Module):
         """x: (B, L, d_model), state: (B, d_model, d_state) or None -> (y, final state at ``lengths``)."""
         check_input(x, self.d_model)
         check_mode(mode, self.modes, "S4")
+        if state is not None:
+            check_state(state, self.default_state(x.shape[0], x.device), "S4")
+        x = zero_padding(x, lengths)
         if mode == "loop":
             return step_through(
                 self.step, x, self.default_state(x.shape[0], x.device) if state is None else state, lengths

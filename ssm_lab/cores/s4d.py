@@ -16,12 +16,13 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
+from ssm_lab.cores.base import check_input, check_mode, check_state, state_at_lengths, zero_padding
 from ssm_lab.ops.discretize import check_discretization, discretize_diagonal
-from ssm_lab.ops.fft_conv import causal_conv
+from ssm_lab.ops.fft_conv import causal_conv, log_of_decay
 from ssm_lab.ops.hippo import conjugate_half, legs_dplr, s4d_lin_eigenvalues
 from ssm_lab.ops.scan import linear_recurrence
 from ssm_lab.optim import mark_recurrence
+from ssm_lab.validation import check_positive
 
 INITS = ("legs", "lin")
 
@@ -67,6 +68,7 @@ class S4D(nn.Module):
         dt_max: float = 1e-1,
     ) -> None:
         super().__init__()
+        check_positive(d_model=d_model)
         check_even_state(d_state, "S4D")
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
@@ -113,6 +115,9 @@ class S4D(nn.Module):
         """x: (B, L, d_model), state: (B, d_model, d_state / 2) or None -> (y, final state at ``lengths``)."""
         check_input(x, self.d_model)
         check_mode(mode, self.modes, "S4D")
+        if state is not None:
+            check_state(state, self.default_state(x.shape[0], x.device), "S4D")
+        x = zero_padding(x, lengths)
         decay, input_map = self.discrete()
         if mode == "conv":
             return self._convolve(x, state, lengths, decay, input_map)
@@ -124,7 +129,7 @@ class S4D(nn.Module):
 
     def _convolve(self, x: Tensor, state: Tensor | None, lengths: Tensor | None, decay: Tensor, input_map: Tensor):
         length = x.shape[1]
-        log_decay = torch.log(decay)
+        log_decay = log_of_decay(decay)
         powers = torch.exp(log_decay.unsqueeze(-1) * torch.arange(length, device=x.device))  # (H, N/2, L)
         C = torch.complex(self.C_re, self.C_im)
         kernel = 2 * torch.einsum("hn,hnl->lh", C * input_map, powers).real

@@ -17,13 +17,14 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
+from ssm_lab.cores.base import check_input, check_mode, state_at_lengths, zero_padding
 from ssm_lab.cores.s4d import check_even_state, log_uniform_steps
 from ssm_lab.cores.stepping import check_timesteps
 from ssm_lab.ops.discretize import check_discretization, discretize_diagonal
 from ssm_lab.ops.hippo import conjugate_half, legs_dplr
 from ssm_lab.ops.scan import linear_recurrence
 from ssm_lab.optim import mark_recurrence
+from ssm_lab.validation import check_positive
 
 
 class S5(nn.Module):
@@ -43,6 +44,7 @@ class S5(nn.Module):
         dt_max: float = 1e-1,
     ) -> None:
         super().__init__()
+        check_positive(d_model=d_model)
         if conjugate_symmetry:
             check_even_state(d_state, "S5 with conjugate_symmetry")
         check_discretization(discretization)
@@ -96,6 +98,7 @@ class S5(nn.Module):
         check_input(x, self.d_model)
         check_mode(mode, self.modes, "S5")
         check_timesteps(integration_timesteps, x)
+        x = zero_padding(x, lengths)
         decay, input_factor = self._discrete(integration_timesteps)
         states = linear_recurrence(decay, self._inputs(x, input_factor), state, mode=mode)
         return self._output(states, x), state_at_lengths(states, lengths)

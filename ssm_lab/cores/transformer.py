@@ -17,7 +17,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ssm_lab.cores.base import check_input, check_mode
+from ssm_lab.cores.base import check_input, check_mode, zero_padding
+from ssm_lab.validation import check_positive
 
 KVCache = tuple[Tensor, Tensor, Tensor]
 
@@ -38,6 +39,7 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int = 4) -> None:
         super().__init__()
+        check_positive(d_model=d_model)
         if not isinstance(n_heads, int) or n_heads <= 0 or d_model % n_heads:
             raise ValueError(f"n_heads must be a positive divisor of d_model={d_model}, got {n_heads!r}")
         self.d_model, self.n_heads, self.d_head = d_model, n_heads, d_model // n_heads
@@ -77,7 +79,8 @@ class CausalSelfAttention(nn.Module):
         check_input(x, self.d_model)
         check_mode(mode, self.modes, "transformer")
         batch, length, _ = x.shape
-        cache = self.default_state(batch, x.device) if state is None else state
+        cache = self.default_state(batch, x.device) if state is None else self._checked(state, batch)
+        x = zero_padding(x, lengths)
         if mode == "loop":
             outputs = []
             for x_t in x.unbind(1):  # by unbind (see ssm_lab.ops.scan.linear_recurrence_ref)
@@ -101,9 +104,21 @@ class CausalSelfAttention(nn.Module):
         if lengths is not None:  # padding stays in the cache, zeroed and masked out of every later query
             real = torch.arange(length, device=x.device) < lengths.to(x.device).unsqueeze(1)
             valid = torch.cat([cache[2][:, : cache[2].shape[1] - length], real], dim=1)
-            keep = valid[:, None, :, None].to(cache[0].dtype)
-            cache = (cache[0] * keep, cache[1] * keep, valid)
+            keep = valid[:, None, :, None]
+            cache = (torch.where(keep, cache[0], 0.0), torch.where(keep, cache[1], 0.0), valid)
         return y, cache
+
+    def _checked(self, cache: KVCache, batch: int) -> KVCache:
+        """The cache, after checking it is (keys, values: (B, heads, T, d_head), valid: (B, T)) for this batch."""
+        shapes = [tuple(part.shape) for part in cache] if isinstance(cache, tuple) and len(cache) == 3 else None
+        past = shapes[2][-1] if shapes is not None and len(shapes[2]) == 2 else None
+        heads = (batch, self.n_heads, past, self.d_head)
+        if shapes != [heads, heads, (batch, past)]:
+            raise ValueError(
+                f"transformer state must be (keys, values: (B, heads, T, d_head) = ({batch}, {self.n_heads}, T, "
+                f"{self.d_head}), valid: (B, T)), got {shapes if shapes is not None else type(cache).__name__}"
+            )
+        return cache
 
     def step(self, x_t: Tensor, state: KVCache) -> tuple[Tensor, KVCache]:
         """x_t: (B, d_model) -> (y_t, cache with x_t appended)."""

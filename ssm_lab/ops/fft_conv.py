@@ -4,6 +4,8 @@ convolution equals the linear one."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -62,6 +64,16 @@ class _CausalConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:  # in place: the output gradient's spectrum is not needed any more
             grad_u = _first_half_irfft(grad_spectrum.mul_(kernel_conjugate), length).transpose(1, 2).contiguous()
         return grad_u, grad_kernel
+
+
+def log_of_decay(decay: Tensor) -> Tensor:
+    """log(decay) for the powers decay^s = exp(s log(decay)) of a convolution kernel, s = 0, 1, ...; a decay that
+    underflowed to 0 gets log of the smallest normal number instead of -inf, so that its powers are 1 at s = 0 and 0
+    after (exp(0 * -inf) would be NaN), and no gradient reaches it (the log's backward would divide by 0)."""
+    nonzero = decay != 0
+    logarithm = torch.log(torch.where(nonzero, decay, torch.ones_like(decay)))
+    floor = math.log(torch.finfo(decay.real.dtype).tiny)
+    return torch.where(nonzero, logarithm, torch.full_like(logarithm, floor))
 
 
 def causal_conv(u: Tensor, kernel: Tensor) -> Tensor:

@@ -62,12 +62,17 @@ def _as_3d(a: Tensor, b: Tensor) -> Tensor:
     return a
 
 
+def check_initial_state(b: Tensor, h0: Tensor | None) -> None:
+    """Raise unless h0 is None or (B, N) for b: (B, L, N): a state of another batch size would broadcast."""
+    if h0 is not None and h0.shape != (b.shape[0], b.shape[2]):
+        raise ValueError(f"initial state must be (B, N) = {(b.shape[0], b.shape[2])}, got {tuple(h0.shape)}")
+
+
 def _with_initial_state(a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
     """Fold h0 into the first input: h_0 = a_0 h0 + b_0."""
+    check_initial_state(b, h0)
     if h0 is None:
         return b
-    if h0.shape != (b.shape[0], b.shape[2]):
-        raise ValueError(f"initial state must be (B, N) = {(b.shape[0], b.shape[2])}, got {tuple(h0.shape)}")
     first = b[:, :1] + a[:, :1] * h0.unsqueeze(1)
     return torch.cat([first, b[:, 1:]], dim=1)
 
@@ -77,6 +82,7 @@ def linear_recurrence_ref(a: Tensor, b: Tensor, h0: Tensor | None = None) -> Ten
     The steps are taken with ``unbind`` (one autograd node whose backward stacks the step gradients): an
     indexed step's backward would allocate and add a zero-filled (B, L, N) gradient per step, O(L^2)."""
     a_steps = _as_3d(a, b).unbind(1)
+    check_initial_state(b, h0)
     h = torch.zeros_like(b[:, 0]) if h0 is None else h0.to(b.dtype)
     states = []
     for t, b_t in enumerate(b.unbind(1)):
@@ -131,8 +137,7 @@ def linear_recurrence_chunked(a: Tensor, b: Tensor, h0: Tensor | None = None, ch
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     a = _as_3d(a, b)
-    if h0 is not None and h0.shape != (b.shape[0], b.shape[2]):
-        raise ValueError(f"initial state must be (B, N) = {(b.shape[0], b.shape[2])}, got {tuple(h0.shape)}")
+    check_initial_state(b, h0)
     dtype = _common_dtype(a, b, h0)
     return _ChunkedRecurrence.apply(a.to(dtype), b.to(dtype), None if h0 is None else h0.to(dtype), chunk_size)
 
@@ -257,8 +262,7 @@ def kernel_applies(a: Tensor, b: Tensor, h0: Tensor | None = None) -> bool:
 def _linear_recurrence_kernel(a: Tensor, b: Tensor, h0: Tensor | None) -> Tensor:
     """The device's kernel on inputs cast to one dtype (casts are differentiable, so gradients keep theirs)."""
     a = _as_3d(a, b)
-    if h0 is not None and h0.shape != (b.shape[0], b.shape[2]):
-        raise ValueError(f"initial state must be (B, N) = {(b.shape[0], b.shape[2])}, got {tuple(h0.shape)}")
+    check_initial_state(b, h0)
     dtype = _common_dtype(a, b, h0)
     return _kernel(b).linear_scan(a.to(dtype), b.to(dtype), None if h0 is None else h0.to(dtype))
 
