@@ -10,8 +10,11 @@ l2n ~29 ms.
 ``cached_without_grad`` wraps such a method (one without arguments). While autograd is off (``torch.no_grad``,
 ``torch.inference_mode``: validation, testing, streaming) its result is kept on the module and returned again as
 long as every parameter and buffer of the module is the same tensor, with the same storage and version counter,
-under the same autocast setting. In-place updates (an optimizer step, ``load_state_dict``), ``.to()`` and
-replaced parameters all change one of these, so the result is rebuilt. With autograd on it is always rebuilt
+under the same autocast setting. In-place updates (an optimizer step, ``load_state_dict``, an EMA's
+``copy_`` under ``torch.no_grad()``), ``.to()`` and replaced parameters all change one of these, so the result is
+rebuilt. An in-place change made through ``p.data`` is not seen: ``.data`` is a tensor with a version counter of its
+own, which no check short of reading every parameter at every call could follow; change parameters under
+``torch.no_grad()`` instead (as torch's own optimizers do). With autograd on it is always rebuilt
 and nothing is kept. Attributes that are not tensors (``gram_iterations``, ...) are taken as fixed after
 construction.
 """

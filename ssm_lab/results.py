@@ -28,9 +28,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from ssm_lab.metrics import METRIC_MODES
 
-#: Keys that say where or how a run is recorded, not what it computes: left out of the run_id.
+#: Keys that say where or how a run is recorded, not what it computes: left out of the run_id (the data group's
+#: ``data_dir`` too: the same data read from another folder is the same run).
 NON_IDENTITY_KEYS = ("results_dir", "data_dir", "logger", "choices", "tags")
-NON_IDENTITY_TRAINER_KEYS = ("enable_progress_bar",)
+NON_IDENTITY_GROUP_KEYS = {"trainer": ("enable_progress_bar",), "data": ("data_dir",)}
 SUMMARY, CONFIG, METRICS = "summary.json", "config.yaml", "metrics.csv"
 METRIC_COLUMNS = ("step", "split", "metric", "value")
 
@@ -56,8 +57,9 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
     identity = OmegaConf.to_container(cfg, resolve=True)
     for key in NON_IDENTITY_KEYS:
         identity.pop(key, None)
-    for key in NON_IDENTITY_TRAINER_KEYS:
-        identity.get("trainer", {}).pop(key, None)
+    for group, keys in NON_IDENTITY_GROUP_KEYS.items():
+        for key in keys:
+            identity.get(group, {}).pop(key, None)
     return identity
 
 
@@ -76,8 +78,15 @@ def run_dir(cfg: DictConfig) -> Path:
 
 
 def read_summary(path: Path) -> dict[str, Any] | None:
+    """The run's summary.json, None when it has none; an unreadable one is an error naming the file (it is written
+    atomically, so only something outside ssm_lab can have broken it)."""
     file = path / SUMMARY
-    return json.loads(file.read_text()) if file.exists() else None
+    if not file.exists():
+        return None
+    try:
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"unreadable run summary {file}: {error}; move the run folder away or repair the file") from error
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
@@ -168,7 +177,7 @@ def gather(results_dir: str | Path, metrics: bool = False) -> pd.DataFrame:
         config_file = path / CONFIG
         if config_file.exists():
             _flatten("", OmegaConf.to_container(OmegaConf.load(config_file), resolve=False), row)
-        _flatten("", json.loads(summary_file.read_text()), row)
+        _flatten("", read_summary(path), row)
         rows.append(row)
     columns = ["run_dir", *METRIC_COLUMNS] if metrics else ["run_dir"]
     return pd.DataFrame(rows, columns=None if rows else columns)

@@ -43,6 +43,9 @@ def test_run_id_is_readable_and_follows_the_config(make_config):
     assert len({run_dir(c).name for c in (base, seeded, wider)}) == 3
     assert run_dir(make_config()) == run_dir(base)  # same config, same folder: never a timestamp
     assert run_dir(make_config("logger=csv")) == run_dir(base)  # where it is logged is not what it computes
+    # nor where its data are read from: the data group's data_dir follows the top-level one
+    elsewhere = make_config("data_dir=/somewhere/else")
+    assert elsewhere.data.data_dir == "/somewhere/else" and run_dir(elsewhere) == run_dir(base)
 
 
 def test_rerun_skips_a_completed_run_and_changes_nothing(make_config, train, capsys):
@@ -110,6 +113,16 @@ def test_gather_returns_one_row_per_run(make_config, train, tmp_path):
 
 def test_gather_of_an_empty_folder_is_an_empty_table(tmp_path):
     assert gather(tmp_path).empty
+
+
+def test_an_unreadable_summary_is_an_error_naming_its_file(make_config, train, tmp_path):
+    train()
+    summary = run_dir(make_config()) / "summary.json"
+    summary.write_text("")
+    with pytest.raises(ValueError, match=f"unreadable run summary {summary}"):
+        gather(tmp_path / "results")
+    with pytest.raises(ValueError, match=f"unreadable run summary {summary}"):
+        train()
 
 
 @pytest.mark.parametrize("logger", ["csv", "tensorboard", "wandb"])
