@@ -86,7 +86,8 @@ def read_summary(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"unreadable run summary {file}: {error}; move the run folder away or repair the file") from error
+        advice = "move the run folder away or repair the file"
+        raise ValueError(f"unreadable run summary {file}: {error}; {advice}") from error
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> None:

@@ -167,7 +167,8 @@ def test_non_finite_or_huge_padding_reaches_no_real_output_state_or_gradient(nam
         y_next = core(inputs(seed=4, length=3), state=state, mode=mode)[0]
         scalar(torch.where(real.unsqueeze(-1), y, 0.0), state).backward()
         grads = (padded.grad[real], *(p.grad for p in core.parameters() if p.grad is not None))
-        results.append((y[real], y_next, tuple(s for s in leaves(state) if s.is_floating_point() or s.is_complex()), grads))
+        final = tuple(s for s in leaves(state) if s.is_floating_point() or s.is_complex())
+        results.append((y[real], y_next, final, grads))
     for zero_padded, filled in zip(*results, strict=True):
         assert_close(filled, zero_padded, atol=0, rtol=0)
 

@@ -3,15 +3,19 @@ readout of the random-feature baseline."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
+from ssm_lab.cores import lcde as lcde_module
 from ssm_lab.cores.ids4 import IDS4
 from ssm_lab.cores.lcde import LinearCDE, dormand_prince_affine
 from ssm_lab.ops import exp_action, matrix_scan
 from ssm_lab.ops.matrix_scan import (
     AUTO_EXP_BATCH,
     affine_exp,
+    affine_step,
     batched_affine_exp,
     chunked_matrix_recurrence,
     matrix_recurrence,
@@ -302,3 +306,60 @@ def test_parallel_mode_runs_the_parallel_scan_and_scan_mode_does_not_on_cpu(make
     assert calls
     torch.testing.assert_close(y_parallel, y_scan)
     torch.testing.assert_close(state_parallel, state_scan)
+
+
+@pytest.fixture
+def bounded_solver(monkeypatch):
+    """Fail, rather than hang, a test whose adaptive solve evaluates its field more than 20000 times (the endless
+    step shrinking a NaN error estimate caused)."""
+    calls = itertools.count(1)
+
+    def counted(M, v, h):
+        if next(calls) > 20_000:
+            raise AssertionError("the adaptive solver did not stop")
+        return affine_step(M, v, h)
+
+    monkeypatch.setattr(lcde_module, "affine_step", counted)
+
+
+def test_adaptive_mode_keeps_padding_out_of_the_solver(bounded_solver):
+    """A NaN in the padding of a padded batch: the other modes give finite real outputs; "adaptive" looped forever
+    (one step size for the batch, shrunk by every rejection of the NaN error). Its real outputs and final states
+    must equal the loop's."""
+    torch.manual_seed(0)
+    core = LinearCDE(2, d_state=3, init_std=0.5, rtol=1e-10, atol=1e-12).double()
+    x = torch.randn(2, 4, 2, dtype=torch.float64)
+    x[1, 3] = float("nan")
+    lengths = torch.tensor([4, 3])
+    y, final = core(x, mode="adaptive", lengths=lengths)
+    y_loop, final_loop = core(x, mode="loop", lengths=lengths)
+    torch.testing.assert_close(y[0], y_loop[0])
+    torch.testing.assert_close(y[1, :3], y_loop[1, :3])
+    torch.testing.assert_close(final, final_loop)
+
+
+def test_adaptive_solver_raises_on_a_nan_in_a_real_token(bounded_solver):
+    torch.manual_seed(0)
+    core = LinearCDE(2, d_state=3, init_std=0.5).double()
+    x = torch.randn(2, 4, 2, dtype=torch.float64)
+    x[1, 1] = float("nan")
+    with pytest.raises(FloatingPointError, match=r"field M h \+ v is not finite at s = 0 \(step 0.5\)"):
+        core(x, mode="adaptive", lengths=torch.tensor([4, 3]))
+
+
+def test_adaptive_solver_raises_when_its_step_underflows(bounded_solver):
+    """Tolerances below float64's rounding cannot be met: the step shrinks to eps and the solver says so."""
+    M = -torch.eye(2, dtype=torch.float64).unsqueeze(0)
+    v, h = torch.zeros(1, 2, dtype=torch.float64), torch.ones(1, 2, dtype=torch.float64)  # h(s) = e^-s h(0)
+    with pytest.raises(FloatingPointError, match=r"the step fell to .* < eps = 2.22e-16 at s = \S+ without meeting"):
+        dormand_prince_affine(M, v, h, rtol=1e-300, atol=1e-300)
+
+
+def test_lcde_rejects_a_wrong_batch_initial_state_in_every_mode():
+    """default_state(1) with B = 3 was broadcast silently by "scan", "loop" and "adaptive"."""
+    core = LinearCDE(2, d_state=3)
+    for mode in core.modes:
+        with pytest.raises(
+            ValueError, match=r"LinearCDE state must have shape \(3, 3\) \(default_state\(B\)\), got \(1, 3\)"
+        ):
+            core(torch.randn(3, 4, 2), state=core.default_state(1), mode=mode)

@@ -57,7 +57,7 @@ class L2N(DiagonalLTICore):
         gram_iterations: int = 8,
     ) -> None:
         super().__init__()
-        check_positive(d_model=d_model, d_state=d_state)
+        check_positive(d_model=d_model, d_state=d_state, gram_iterations=gram_iterations)
         if d_state % 2:
             raise ValueError(f"L2N d_state must be even (2x2 rotation blocks), got {d_state}")
         check_gamma(gamma, "L2N")

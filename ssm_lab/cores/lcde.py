@@ -41,7 +41,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
+from ssm_lab.cores.base import check_input, check_mode, check_state, state_at_lengths, zero_padding
 from ssm_lab.cores.stepping import check_timesteps, step_through
 from ssm_lab.ops.exp_action import affine_flow_recurrence
 from ssm_lab.ops.matrix_scan import (
@@ -74,10 +74,21 @@ _DP_ERROR = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525,
 def dormand_prince_affine(M: Tensor, v: Tensor, h: Tensor, rtol: float, atol: float) -> tuple[Tensor, int]:
     """Solve h' = M h + v over s in [0, 1] with adaptive steps. M: (B, N, N), v, h: (B, N).
 
-    One step size for the whole batch (the worst element's error decides). Returns (h(1), steps taken)."""
+    One step size for the whole batch (the worst element's error decides). Returns (h(1), steps taken).
+    A step is accepted when the scaled error norm is <= 1; the next step is the last one times
+    min(5, max(0.2, 0.9 err^-1/5)), or 0.2 times it when err is not finite (a step so long that the stages
+    overflow). Raises FloatingPointError where no step can succeed: when the field M h + v itself is not
+    finite (a NaN or an infinity in M, v or h), or when the step falls below eps of h's dtype (times the unit
+    interval), where s + step could no longer advance."""
     field = partial(affine_step, M, v)
+    smallest_step = torch.finfo(h.dtype).eps
     s, step, steps = 0.0, 0.5, 0
     while s < 1.0:
+        if step < smallest_step:
+            raise FloatingPointError(
+                f"dormand_prince_affine: the step fell to {step:.3g} < eps = {smallest_step:.3g} at s = {s:.6g} "
+                f"without meeting rtol = {rtol:g}, atol = {atol:g}"
+            )
         step = min(step, 1.0 - s)
         stages = [field(h)]
         for row in _DP_STAGES[1:]:
@@ -86,6 +97,14 @@ def dormand_prince_affine(M: Tensor, v: Tensor, h: Tensor, rtol: float, atol: fl
         error = step * sum(weight * k for weight, k in zip(_DP_ERROR, stages, strict=True))
         scale = atol + rtol * torch.maximum(h.abs(), proposal.abs())
         error_norm = float(((error / scale) ** 2).mean(-1).sqrt().max().detach())
+        if not math.isfinite(error_norm):
+            if not bool(torch.isfinite(stages[0]).all()):
+                raise FloatingPointError(
+                    f"dormand_prince_affine: the field M h + v is not finite at s = {s:.6g} (step {step:.3g}): "
+                    "M, v or the state holds a NaN or an infinity"
+                )
+            step *= 0.2
+            continue
         if error_norm <= 1.0:
             s, h, steps = s + step, proposal, steps + 1
         step *= min(5.0, max(0.2, 0.9 * max(error_norm, 1e-10) ** -0.2))
@@ -116,7 +135,7 @@ class LinearCDE(nn.Module):
         super().__init__()
         if solver not in SOLVERS:
             raise ValueError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)}")
-        check_positive(d_state=d_state)
+        check_positive(d_model=d_model, d_state=d_state)
         if init_std <= 0 or rtol <= 0 or atol <= 0:
             raise ValueError(f"init_std, rtol and atol must be positive, got {init_std}, {rtol}, {atol}")
         if (
@@ -187,6 +206,9 @@ class LinearCDE(nn.Module):
         check_timesteps(integration_timesteps, x)
         if state is None:
             state = self.default_state(x.shape[0], x.device)
+        else:  # "scan" and "loop" would broadcast a state of another batch size
+            check_state(state, self.default_state(x.shape[0], x.device), "LinearCDE")
+        x = zero_padding(x, lengths)  # a NaN in the padding would also stall the adaptive solver's one step size
         per_step = {"integration_timesteps": integration_timesteps}
         if mode == "loop":
             return step_through(self.step, x, state, lengths, per_step)

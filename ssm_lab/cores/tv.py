@@ -13,6 +13,11 @@ h_t^2 + yhat_t^2 <= h_{t-1}^2 + gamma^2 u~_t^2, whatever the input chose; summed
 ||W_in||, ||W_out|| <= 1 (Gram-iteration normalisation), sum ||y_t||^2 <= gamma^2 sum ||x_t||^2.
 The bound holds for every input and every parameter value; it is a gain bound, not an
 incremental one (a_t depends on x).
+
+Under autocast the three GEMMs (selection, W_in, W_out) run in half precision, but the recurrence (step
+matrices, scan, states) runs in the parameters' dtype, its inputs cast to it: in bf16 the norm's (1 + 4 eps)
+margin alone divides every step by >= 1.031, a decay compounding over the sequence (~9% error at L = 64),
+and the state would come out bf16.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from types import ModuleType
 import torch
 from torch import Tensor, nn
 
-from ssm_lab.cores.base import check_input, check_mode, state_at_lengths
+from ssm_lab.cores.base import check_input, check_mode, state_at_lengths, zero_padding
 from ssm_lab.cores.l2n import check_gamma
 from ssm_lab.inference_cache import cached_without_grad
 from ssm_lab.ops.activations import fast_tanh
@@ -277,7 +282,7 @@ class TV(nn.Module):
         gram_iterations: int = 8,
     ) -> None:
         super().__init__()
-        check_positive(d_model=d_model, d_state=d_state)
+        check_positive(d_model=d_model, d_state=d_state, gram_iterations=gram_iterations)
         check_gamma(gamma, "TV")
         if not 0.0 < init_rho < 1.0 or init_delta <= 0:
             raise ValueError(f"need 0 < init_rho < 1 and init_delta > 0, got {init_rho}, {init_delta}")
@@ -343,9 +348,12 @@ class TV(nn.Module):
         if state is not None and state.shape != (x.shape[0], self.d_state):
             expected = (x.shape[0], self.d_state)
             raise ValueError(f"TV initial state must be (B, d_state) = {expected}, got {tuple(state.shape)}")
+        x = zero_padding(x, lengths)
         W_in, W_out, norm = self._projections()
         drive_input = x @ (torch.exp(self.log_gamma) * W_in).transpose(0, 1)  # gamma folded into the weight
-        recurrence_inputs = (self.selected(x), drive_input, state, self.delta_bias, self.alpha)
+        # the GEMMs may run in autocast's half precision, the recurrence does not (module docstring)
+        selected, drive_input = self.selected(x).to(W_in.dtype), drive_input.to(W_in.dtype)
+        recurrence_inputs = (selected, drive_input, state, self.delta_bias, self.alpha)
         if mode == "loop":  # the reference, step by step through autograd
             readout, states = tv_recurrence_ref(*recurrence_inputs)
         else:
