@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--launcher", default="basic", help=f"Hydra launcher: basic, slurm, local or one of {', '.join(launchers())}"
     )
-    parser.add_argument("--models", help="comma-separated: only the runs of these models")
+    parser.add_argument("--models", help="comma-separated: only these models (a variant: files of its own)")
     parser.add_argument("--no-launch", action="store_true", help="draw from the recorded runs only")
     parser.add_argument(
         "--set", dest="extra", action="append", default=[], metavar="KEY=VALUE",

@@ -1,6 +1,7 @@
 """The machinery every figure shares: which runs a figure needs at a scale (Hydra overrides), which
 of them are already recorded, launching only the missing ones through Hydra multirun, and saving
-what a figure draws (PDF + PNG per figure, CSV + Markdown per table) into ``<results_dir>/figures/``.
+what a figure draws (PDF + PNG per figure, CSV + Markdown per table) into ``<results_dir>/figures/``:
+``<figure>_<key>.*``, or ``<figure>--<tag>_<key>.*`` for a variant (``--set`` overrides, some of its models).
 
 A figure module (``experiments/<name>.py``) defines:
     EXPERIMENT                         the preset in configs/experiment/ (and the runs' folder name)
@@ -13,6 +14,8 @@ A figure module (``experiments/<name>.py``) defines:
 
 from __future__ import annotations
 
+import hashlib
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -73,11 +76,13 @@ def hydra_value(value: object) -> str:
 
 @dataclass
 class Drawing:
-    """What a figure module draws: named figures and tables. ``missing``: the runs it lacks, named."""
+    """What a figure module draws: named figures and tables (keys: one word each). ``missing``: the runs it
+    lacks, named; ``notes``: what sets it apart from the figure's default drawing (see variant)."""
 
     figures: dict[str, plt.Figure] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def check_choice(key: str, value: str, allowed: Iterable[str]) -> None:
@@ -235,29 +240,57 @@ def collect(figure: ModuleType, session: Session) -> Collected:
         session.launch_runs(figure.EXPERIMENT, retry, figure.__name__.rsplit(".", 1)[-1])
 
 
-def save_drawing(drawing: Drawing, name: str, directory: Path) -> list[Path]:
-    """<name>_<figure>.{pdf,png}, <name>_<table>.{csv,md} and, when runs are missing, <name>.missing.txt."""
+#: A drawing's figure and table keys are one word, so that ``<name>_<key>.<suffix>`` never matches the files
+#: of another figure or variant (``a5_min_depth_figure.png`` is no key "min_depth_figure" of a figure "a5").
+DRAWING_KEY = "[A-Za-z0-9]+"
+
+
+def save_drawing(drawing: Drawing, name: str, directory: Path) -> tuple[list[Path], list[Path]]:
+    """<name>_<figure>.{pdf,png}, <name>_<table>.{csv,md} and, when runs are missing, <name>.missing.txt,
+    each figure and table headed by INCOMPLETE when runs are missing (the CSV has it in an ``incomplete``
+    column instead, to stay one table) and then by the drawing's notes. The files of an earlier drawing
+    of ``name`` that this one does not write (all of them when no run has finished) are removed, so that
+    none is left looking like this drawing's result. Returns the files written and those removed."""
+    for key in (*drawing.figures, *drawing.tables):
+        if not re.fullmatch(DRAWING_KEY, key):
+            raise ValueError(f"drawing key {key!r} must be one word of letters and digits, e.g. 'figure'")
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    stale = directory / f"{name}.missing.txt"
+    note = directory / f"{name}.missing.txt"
+    count = len(drawing.missing)
+    incomplete = f"INCOMPLETE: {count} run{'s' if count > 1 else ''} missing, listed in {note.name}" if count else ""
     if drawing.missing:
-        stale.write_text("\n".join(drawing.missing) + "\n")
-        written.append(stale)
+        note.write_text("\n".join(drawing.missing) + "\n")
+        written.append(note)
     else:
-        stale.unlink(missing_ok=True)
+        note.unlink(missing_ok=True)
+    header = [*([incomplete] if incomplete else []), *drawing.notes]  # a partial result says so first
     for key, figure in drawing.figures.items():
-        if drawing.missing:  # a partial picture says so on its face
-            figure.text(
-                0.01, 0.005, f"INCOMPLETE: {len(drawing.missing)} runs missing, listed in {stale.name}",
-                color="red", fontsize=8, ha="left", va="bottom",
-            )  # fmt: skip
+        for line in reversed(header):  # stacked upwards: the header reads top down
+            stamp_above(figure, line, "red" if line == incomplete else "black")
         written += save_figure(figure, directory / f"{name}_{key}")
     for key, table in drawing.tables.items():
         csv, markdown = directory / f"{name}_{key}.csv", directory / f"{name}_{key}.md"
-        table.to_csv(csv, index=False)
-        markdown.write_text(markdown_table(table) + "\n")
+        (table.assign(incomplete=incomplete) if incomplete else table).to_csv(csv, index=False)
+        lines = [f"**{line}**" if line == incomplete else line for line in header]
+        markdown.write_text("".join(f"{line}\n\n" for line in lines) + markdown_table(table) + "\n")
         written += [csv, markdown]
-    return written
+    drawn = re.compile(rf"{re.escape(name)}_{DRAWING_KEY}\.(pdf|png|csv|md)")
+    stale = sorted(path for path in directory.iterdir() if drawn.fullmatch(path.name) and path not in written)
+    for path in stale:
+        path.unlink()
+    return written, stale
+
+
+def stamp_above(figure: plt.Figure, text: str, color: str) -> None:
+    """``text`` above everything already drawn on ``figure`` (titles, legends, tick labels), where it overlaps
+    nothing: savefig's bbox_inches="tight" widens the page to hold it."""
+    figure.draw_without_rendering()  # runs the figure's layout engine, which places the axes
+    box = figure.get_tightbbox()  # inches
+    figure.text(
+        box.x0 / figure.get_figwidth(), box.y1 / figure.get_figheight() + 0.01, text,
+        color=color, fontsize=8, ha="left", va="bottom",
+    )  # fmt: skip
 
 
 def markdown_table(table: pd.DataFrame) -> str:
@@ -274,9 +307,33 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def variant(figure: ModuleType, session: Session) -> tuple[str, list[str]]:
+    """What sets this session's drawing of ``figure`` apart from its default one: a file-name tag ("" for
+    the default) and the lines that say it on the drawing. ``--models`` keeping only some of the figure's
+    models tags ``models-<models>``; ``--set`` overrides that change the runs (not ``hydra.*``) tag
+    ``set-<key=value+...>-<hash>``: the overrides' last key parts, cut to 40 characters, and a hash of the
+    whole overrides, so that no two variants share a name."""
+    needed = figure.needed_runs(session.scale, pd.DataFrame(columns=["run_dir"]))
+    every_model = sorted({r.model for r in needed} - {None})
+    models = every_model if session.models is None else sorted(set(every_model) & set(session.models))
+    overrides = sorted(o for o in session.extra if not is_launch_setting(o))
+    tags, notes = [], []
+    if models != every_model:
+        tags.append(f"models-{'-'.join(models) or 'none'}")
+        notes.append(f"models {', '.join(models) or 'none'} only (of {', '.join(every_model)})")
+    if overrides:
+        # "optim.optimizer.weight_decay=0.0" -> "weight_decay=0.0"; any character a file name may trip on -> "_"
+        short = "+".join(re.sub(r"[^\w.=-]", "_", re.sub(r"^[+~]*(?:[^=]*\.)?", "", o)) for o in overrides)
+        digest = hashlib.sha1("\n".join(overrides).encode()).hexdigest()[:6]
+        tags.append(f"set-{short[:40]}-{digest}")
+        notes.append(f"--set {' '.join(overrides)}")
+    return "".join(f"--{tag}" for tag in tags), notes
+
+
 def make_figure(figure: ModuleType, session: Session) -> tuple[list[Path], list[Run]]:
     """Collect (launching what is missing) and draw one figure module; returns the files written
-    and the runs still missing. Runs of unavailable models are reported, never silently dropped."""
+    and the runs still missing. Runs of unavailable models are reported, never silently dropped.
+    A variant (identity --set overrides, a subset of the models) is saved as <figure>--<tag>_* (see variant)."""
     name = figure.__name__.rsplit(".", 1)[-1]
     collected = collect(figure, session)
     for model in sorted({r.model for r in collected.unavailable}):
@@ -292,7 +349,10 @@ def make_figure(figure: ModuleType, session: Session) -> tuple[list[Path], list[
         curves = curves[curves["run_dir"].isin(set(collected.runs["run_dir"]))]
         drawing = figure.draw(collected.runs, curves, session.scale)
         drawing.missing = missing_lines
-    written = save_drawing(drawing, name, session.results_dir / "figures")
+    tag, drawing.notes = variant(figure, session)
+    written, removed = save_drawing(drawing, name + tag, session.results_dir / "figures")
     for path in written:
         session.log(f"[figures] wrote {path}")
+    for path in removed:
+        session.log(f"[figures] removed {path}: not part of this drawing")
     return written, collected.missing

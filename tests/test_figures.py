@@ -7,16 +7,30 @@ from __future__ import annotations
 import itertools
 import math
 import re
+import shutil
+from dataclasses import replace
 from types import SimpleNamespace
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from omegaconf import OmegaConf
 
 from experiments import a5_min_depth, listops, robustness, sysid, toy_signature
 from experiments.__main__ import main
-from experiments.harness import Run, Session, cartesian_blocks, make_figure, markdown_table, run
+from experiments.harness import (
+    Drawing,
+    Run,
+    Session,
+    cartesian_blocks,
+    make_figure,
+    markdown_table,
+    run,
+    save_drawing,
+    variant,
+)
 from ssm_lab.config import compose_config
 from ssm_lab.data.sysid.benchmarks import BENCHMARKS
 from ssm_lab.results import CONFIG, write_summary
@@ -170,22 +184,14 @@ def test_sysid_simulation_from_the_checkpoint_reproduces_the_recorded_test_rmse(
 
 
 def test_listops_table_averages_seeds_per_model():
-    runs = pd.DataFrame(
-        {"choices.model": ["s4", "s4", "transformer"], "seed": [0, 1, 0], "parameters": [10, 10, 20],
-         "final.test/accuracy": [0.5, 0.7, 0.3]}
-    )  # fmt: skip
-    table = listops.plot(runs).tables["table"]
+    table = listops.plot(listops_runs()).tables["table"]
     assert list(table["model"]) == ["s4", "transformer"]
     assert table["test accuracy"].tolist() == pytest.approx([0.6, 0.3])
     assert table["seeds"].tolist() == [2, 1]
 
 
 def test_robustness_flags_whether_each_bound_held():
-    runs = pd.DataFrame(
-        {"choices.model": ["l2n", "l2n", "tv"], "model.gamma": [np.nan, 1.0, 1.0],
-         "certified_gain": [5.0, 1.0, 1.0], "empirical_gain": [2.0, 0.5, 1.5], "final.test/rmse": [0.1, 0.3, 0.2]}
-    )  # fmt: skip
-    drawing = robustness.plot(runs)
+    drawing = robustness.plot(robustness_runs())
     table = drawing.tables["table"]
     assert table["bound holds"].tolist() == [True, True, False]
     assert len(drawing.figures["figure"].axes) == 2
@@ -241,11 +247,11 @@ def test_missing_runs_are_named_and_the_figure_marked_incomplete(tmp_path):
     written, missing = make_figure(a5_min_depth, session)
 
     assert [str(r) for r in missing] == ["model=lru model.n_layers=1 data.seq_len=5"]
-    figures = tmp_path / "results" / "figures"
-    assert (figures / "a5_min_depth.missing.txt").read_text() == "missing: model=lru model.n_layers=1 data.seq_len=5\n"
+    figures, name = tmp_path / "results" / "figures", "a5_min_depth--models-lru"  # a subset of the models
+    assert (figures / f"{name}.missing.txt").read_text() == "missing: model=lru model.n_layers=1 data.seq_len=5\n"
     assert any("missing run: model=lru model.n_layers=1 data.seq_len=5" in line for line in lines)
-    assert {p.name for p in written} >= {"a5_min_depth_figure.png", "a5_min_depth_figure.pdf", "a5_min_depth_table.csv"}
-    table = pd.read_csv(figures / "a5_min_depth_table.csv", dtype=str).set_index("model")
+    assert {p.name for p in written} >= {f"{name}_figure.png", f"{name}_figure.pdf", f"{name}_table.csv"}
+    table = pd.read_csv(figures / f"{name}_table.csv", dtype=str).set_index("model")
     assert table.loc["lru", "L=3"] == "1"
 
 
@@ -261,6 +267,138 @@ def test_models_without_a_config_are_reported_not_dropped(tmp_path):
     assert "skipped model 'no_such_model': no configs/model/no_such_model.yaml" in " ".join(lines)
     note = tmp_path / "results" / "figures" / "fake.missing.txt"
     assert written == [note] and "unavailable model (no config): model=no_such_model" in note.read_text()
+
+
+def record_listops(session: Session) -> None:
+    """A finished record of every run the smoke ListOps figure needs under ``session``."""
+    for index, needed in enumerate(listops.needed_runs("smoke", pd.DataFrame(columns=["run_dir"]))):
+        write_record(session, "listops", needed, {"final": {"test/accuracy": 0.2 + 0.1 * index}, "parameters": 100})
+
+
+def test_a_redraw_without_finished_runs_leaves_no_earlier_figure_or_table(tmp_path):
+    """A complete ListOps drawing, then its runs gone: the earlier figure and table must not stay on disk
+    looking like the result of runs that are all missing."""
+    lines: list[str] = []
+    session = Session("smoke", tmp_path / "results", tmp_path / "data", launch=False, log=lines.append)
+    record_listops(session)
+    written, missing = make_figure(listops, session)
+    figures = tmp_path / "results" / "figures"
+    drawn = {"listops_figure.png", "listops_figure.pdf", "listops_table.csv", "listops_table.md"}
+    assert missing == [] and {p.name for p in written} == {p.name for p in figures.iterdir()} == drawn
+
+    shutil.rmtree(tmp_path / "results" / "runs")
+    written, missing = make_figure(listops, session)
+    assert len(missing) == 4 and [p.name for p in written] == ["listops.missing.txt"]
+    assert {p.name for p in figures.iterdir()} == {"listops.missing.txt"}
+    assert f"[figures] removed {figures / 'listops_figure.png'}: not part of this drawing" in lines
+
+
+def test_save_drawing_removes_only_its_own_earlier_files(tmp_path):
+    """A figure the drawing no longer has (sysid without its predictions) goes; other figures' and variants'
+    files stay, a figure named listops_long included."""
+    kept = ["listops--models-lru_figure.png", "listops_long_figure.png", "listops_long_table.csv", "sysid_rmse.pdf"]
+    for name in [*kept, "listops_predictions.png", "listops_predictions.pdf"]:
+        (tmp_path / name).write_text("earlier")
+    figure, _ = plt.subplots()
+    written, removed = save_drawing(Drawing(figures={"figure": figure}), "listops", tmp_path)
+    assert [p.name for p in removed] == ["listops_predictions.pdf", "listops_predictions.png"]
+    assert {p.name for p in tmp_path.iterdir()} == {*kept, "listops_figure.png", "listops_figure.pdf"}
+    with pytest.raises(ValueError, match="drawing key 'long_figure' must be one word of letters and digits"):
+        save_drawing(Drawing(figures={"long_figure": figure}), "listops", tmp_path)
+
+
+def test_variants_are_saved_beside_the_default_drawing_never_over_it(tmp_path):
+    """--models lru,s4 rewrote listops_figure.png with 2 of 4 models, unmarked; --set overrides (here
+    scale.lr=1e12, optim.optimizer.weight_decay=0.0) overwrote it too. Each variant has its own files, which
+    say what it is; the default drawing stays as it was."""
+    session = Session("smoke", tmp_path / "results", tmp_path / "data", launch=False, log=lambda line: None)
+    record_listops(session)
+    make_figure(listops, session)
+    figures = tmp_path / "results" / "figures"
+    default = {p.name: p.read_bytes() for p in figures.iterdir()}
+
+    written, missing = make_figure(listops, replace(session, models=("lru", "s4")))
+    name = "listops--models-lru-s4"
+    files = {f"{name}_figure.png", f"{name}_figure.pdf", f"{name}_table.csv", f"{name}_table.md"}
+    assert missing == [] and {p.name for p in written} == files
+    markdown = (figures / f"{name}_table.md").read_text()
+    assert markdown.startswith("models lru, s4 only (of l2n, lru, s4, transformer)\n\n| model |")
+
+    weight_decay = replace(session, extra=("optim.optimizer.weight_decay=0.0", "hydra.launcher.n_jobs=2"))
+    written, missing = make_figure(listops, weight_decay)
+    assert len(missing) == 4 and len(written) == 1
+    assert re.fullmatch(r"listops--set-weight_decay=0\.0-[0-9a-f]{6}\.missing\.txt", written[0].name)
+
+    written, missing = make_figure(listops, replace(session, models=("lru",), extra=("scale.lr=1e12",)))
+    assert re.fullmatch(r"listops--models-lru--set-lr=1e12-[0-9a-f]{6}\.missing\.txt", written[0].name)
+    assert {name: (figures / name).read_bytes() for name in default} == default
+
+
+def test_variant_names_ignore_launch_settings_and_override_order(tmp_path):
+    def tag(*extra: str, models: tuple[str, ...] | None = None) -> str:
+        return variant(listops, Session("smoke", tmp_path, tmp_path, extra=extra, models=models))[0]
+
+    every_model = ("lru", "l2n", "s4", "transformer", "rnn")  # rnn: not a model of this figure
+    assert tag() == tag("hydra.launcher.n_jobs=12") == tag(models=every_model) == ""
+    assert tag("seed=1", "trainer=gpu") == tag("trainer=gpu", "seed=1")
+    assert re.fullmatch(r"--set-seed=1\+trainer=gpu-[0-9a-f]{6}", tag("seed=1", "trainer=gpu"))
+    assert tag("model.dt_min=0.01") != tag("optim.dt_min=0.01")  # the same last key part: the hash tells them apart
+    assert re.fullmatch(r"--set-lengths=_3_5_-[0-9a-f]{6}", tag("data.lengths=[3,5]"))
+    assert len(tag(*(f"model.key{index}=value{index}" for index in range(10)))) == len("--set-") + 40 + 7
+    assert variant(listops, Session("smoke", tmp_path, tmp_path, models=("tv",)))[1] == [
+        "models none only (of l2n, lru, s4, transformer)"
+    ]
+
+
+def listops_runs() -> pd.DataFrame:
+    return pd.DataFrame(
+        {"choices.model": ["s4", "s4", "transformer"], "seed": [0, 1, 0], "parameters": [10, 10, 20],
+         "final.test/accuracy": [0.5, 0.7, 0.3]}
+    )  # fmt: skip
+
+
+def robustness_runs() -> pd.DataFrame:
+    return pd.DataFrame(
+        {"choices.model": ["l2n", "l2n", "tv"], "model.gamma": [np.nan, 1.0, 1.0],
+         "certified_gain": [5.0, 1.0, 1.0], "empirical_gain": [2.0, 0.5, 1.5], "final.test/rmse": [0.1, 0.3, 0.2]}
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("module", [listops, robustness])  # a figure without and one with a layout engine
+def test_incomplete_and_variant_stamps_overlap_nothing_drawn(tmp_path, module):
+    """The INCOMPLETE stamp sat at the figure's bottom-left corner, over the x-axis label under
+    bbox_inches="tight"; the stamps now sit above everything drawn."""
+    runs = {listops: listops_runs, robustness: robustness_runs}[module]()
+    drawing = module.plot(runs)
+    drawing.missing, drawing.notes = ["missing: model=lru seed=0"], ["--set seed=1"]
+    figure = drawing.figures["figure"]
+    save_drawing(drawing, module.EXPERIMENT, tmp_path)
+    renderer = FigureCanvasAgg(figure).get_renderer()  # the saved figure is closed: a canvas to measure on
+    figure.draw(renderer)
+    stamps = [text.get_window_extent(renderer) for text in figure.texts]
+    drawn = [axis.get_tightbbox(renderer) for axis in figure.axes]  # titles, tick labels, axis labels, legends
+    assert stamps and not any(stamp.overlaps(box) for stamp in stamps for box in drawn)
+    assert [text.get_text() for text in figure.texts] == [
+        "--set seed=1",
+        f"INCOMPLETE: 1 run missing, listed in {module.EXPERIMENT}.missing.txt",
+    ]
+    assert stamps[0].y0 >= max(box.y1 for box in drawn) and stamps[1].y0 >= stamps[0].y1
+
+
+def test_tables_of_an_incomplete_drawing_say_so(tmp_path):
+    """Only the figures were stamped: the CSV and Markdown tables of a drawing with missing runs looked complete."""
+    drawing = listops.plot(listops_runs())
+    drawing.missing = ["missing: model=lru seed=0", "missing: model=l2n seed=0"]
+    save_drawing(drawing, "listops", tmp_path)
+    stamp = "INCOMPLETE: 2 runs missing, listed in listops.missing.txt"
+    table = pd.read_csv(tmp_path / "listops_table.csv")  # still one machine-readable table
+    assert list(table.columns) == [*drawing.tables["table"].columns, "incomplete"]
+    assert table["incomplete"].eq(stamp).all() and len(table) == 2
+    assert (tmp_path / "listops_table.md").read_text().startswith(f"**{stamp}**\n\n| model |")
+
+    save_drawing(listops.plot(listops_runs()), "listops", tmp_path)  # complete: no mark
+    assert "incomplete" not in pd.read_csv(tmp_path / "listops_table.csv").columns
+    assert (tmp_path / "listops_table.md").read_text().startswith("| model |")
 
 
 @pytest.mark.parametrize(
@@ -299,18 +437,21 @@ def test_make_figures_smoke_end_to_end_then_redraws_without_training(tmp_path, m
     assert main(arguments) == 0
     output = capfd.readouterr().out
     assert output.count("[ssm_lab] completed:") == 2
-    figures = results / "figures"
-    names = {"a5_min_depth_figure.png", "a5_min_depth_figure.pdf", "a5_min_depth_table.csv", "a5_min_depth_table.md"}
-    assert {p.name for p in figures.iterdir()} == names
-    table = pd.read_csv(figures / "a5_min_depth_table.csv", dtype=str)
+    figures, name = results / "figures", "a5_min_depth--models-lru-rnn"
+    assert {p.name for p in figures.iterdir()} == {f"{name}_figure.{s}" for s in ("png", "pdf")} | {
+        f"{name}_table.{s}" for s in ("csv", "md")
+    }
+    table = pd.read_csv(figures / f"{name}_table.csv", dtype=str)
     assert sorted(table["model"]) == ["lru", "rnn"]
     assert set(table["L=3"]) <= {"1", "> 1"}
-    assert (figures / "a5_min_depth_table.md").read_text().count("\n") == 4  # header, rule, two models
+    markdown = (figures / f"{name}_table.md").read_text()
+    assert markdown.startswith("models lru, rnn only (of l2n, lcde, lru, mamba, rnn, s4, transformer, tv)\n\n")
+    assert markdown.count("\n") == 6  # the note, a blank line, header, rule, two models
 
     assert main(arguments) == 0
     again = capfd.readouterr().out
     assert "launching" not in again and "[ssm_lab] completed:" not in again
-    assert f"wrote {figures / 'a5_min_depth_figure.pdf'}" in again
+    assert f"wrote {figures / f'{name}_figure.pdf'}" in again
 
 
 def test_every_figure_has_a_preset_and_a_sweep_per_scale():
@@ -344,7 +485,7 @@ def test_every_other_figure_runs_end_to_end_at_smoke(figure, model, tmp_path, mo
     assert main(arguments) == 0
     assert capfd.readouterr().out.count("[ssm_lab] completed:") == len(expected) > 0
     files = {p.name for p in (results / "figures").iterdir()}
-    assert files and all(name.startswith(f"{figure}_") for name in files)
+    assert files and all(name.startswith(f"{figure}--models-{model}_") for name in files)
     stems = {name.rsplit(".", 1)[0] for name in files}
     pictures = {stem for stem in stems if f"{stem}.png" in files}
     tables = {stem for stem in stems if f"{stem}.csv" in files}

@@ -1,14 +1,17 @@
 """plot_results.py draws learning curves of the selected runs into PNG and PDF files."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+import plot_results
 from ssm_lab.plotting import learning_curves, select_runs
-from ssm_lab.results import gather
+from ssm_lab.results import CONFIG, gather, write_metrics, write_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,3 +76,74 @@ def test_learning_curves_keep_many_lines_apart_and_name_the_non_finite_ones():
     assert len({(line.get_color(), line.get_linestyle()) for line in lines}) == 14
     labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
     assert labels[3] == "model3 (not finite)" and labels[4] == "model4" and labels[13] == "model13"
+
+
+def test_select_runs_compares_numbers_and_booleans_as_yaml_reads_them():
+    """A float column (some runs lack the key) matches an integer filter, a YAML boolean (``false``) matches
+    False, ``null`` matches the runs without the key, and strings still match as strings."""
+    runs = pd.DataFrame(
+        {
+            "run_dir": ["a", "b", "c", "d"],
+            "model.d_state": [32.0, np.nan, 64.0, 32.0],
+            "model.checkpoint": [False, True, np.nan, False],  # object: booleans and a missing value
+            "model.bidirectional": [True, False, False, True],  # bool dtype
+            "scale.lr": [1e-3, 3e-3, 1e-3, 1e-3],
+            "seed": [0, 1, 2, 3],
+            "choices.model": ["lru", "s4", "lru", "tv"],
+        }
+    )
+
+    def selected(*filters: str) -> list[str]:
+        return list(select_runs(runs, filters)["run_dir"])
+
+    assert selected("model.d_state=32") == selected("model.d_state=32.0") == ["a", "d"]
+    assert selected("model.d_state=null") == ["b"]
+    assert selected("model.checkpoint=false") == selected("model.checkpoint=False") == ["a", "d"]
+    assert selected("model.bidirectional=true") == ["a", "d"]
+    assert selected("model.checkpoint=0") == []  # a boolean is no number
+    assert selected("scale.lr=1e-3") == selected("scale.lr=0.001") == ["a", "c", "d"]
+    assert selected("seed=1.0") == ["b"]
+    assert selected("choices.model=lru", "model.d_state=64") == ["c"]
+    assert selected("choices.model=false") == []
+
+
+def record_runs(results: Path, metrics: tuple[str, ...] = ("loss", "accuracy")) -> None:
+    """Two run records as gather reads them (config, summary, learning curves), without training."""
+    for index, model in enumerate(("lru", "s4")):
+        path = results / "runs" / "test" / f"run{index}"
+        path.mkdir(parents=True)
+        (path / CONFIG).write_text(f"seed: {index}\nchoices:\n  model: {model}\n")
+        write_summary(path, {"status": "completed", "run_id": f"run{index}"})
+        write_metrics(path, [{"step": s, "split": "val", "metric": m, "value": 1 / s} for m in metrics for s in (1, 2)])
+
+
+def test_plot_results_keeps_a_dotted_output_name_whole(tmp_path, capsys):
+    record_runs(tmp_path / "results")
+    output = tmp_path / "curves_lr1.0e-3"
+    plot_results.main(["--results-dir", str(tmp_path / "results"), "--output", str(output), "--label", "seed"])
+    written = [tmp_path / "curves_lr1.0e-3.png", tmp_path / "curves_lr1.0e-3.pdf"]
+    assert capsys.readouterr().out.split() == [str(path) for path in written]
+    assert written[0].stat().st_size > 1000 and written[1].read_bytes().startswith(b"%PDF")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["curves_lr1.0e-3.pdf", "curves_lr1.0e-3.png", "results"]
+    plot_results.main(["--results-dir", str(tmp_path / "results"), "--output", str(tmp_path / "named.png")])
+    assert capsys.readouterr().out.split() == [str(tmp_path / "named.png"), str(tmp_path / "named.pdf")]
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (
+            ["--metric", "accurcy"],
+            "no val metric 'accurcy' in the selected runs; available val metrics: accuracy, loss",
+        ),
+        (["--split", "test"], "no test metric 'loss' in the selected runs; available test metrics: none"),
+        (["--label", "choices.modle"], "unknown label column 'choices.modle'; did you mean choices.model?"),
+    ],
+)
+def test_plot_results_refuses_a_metric_or_label_no_run_has(tmp_path, option, message):
+    """--metric accurcy drew an empty figure and --label choices.modle labelled the lines with their run_dir."""
+    record_runs(tmp_path / "results")
+    output = tmp_path / "curves"
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        plot_results.main(["--results-dir", str(tmp_path / "results"), "--output", str(output), *option])
+    assert list(tmp_path.iterdir()) == [tmp_path / "results"]  # nothing drawn
