@@ -29,6 +29,9 @@ def param_groups(model: nn.Module, recurrence_lr: float | None) -> list[dict]:
     if recurrence:
         group = {"params": recurrence, "weight_decay": 0.0, "name": "recurrence"}
         if recurrence_lr is not None:
+            if isinstance(recurrence_lr, bool) or not isinstance(recurrence_lr, int | float) or not recurrence_lr > 0:
+                # torch checks the default lr only: a negative group lr would climb the loss
+                raise ValueError(f"optim.recurrence_lr must be a positive number or null, got {recurrence_lr!r}")
             group["lr"] = recurrence_lr
         groups.append(group)
     return groups

@@ -63,9 +63,21 @@ def run_identity(cfg: DictConfig) -> dict[str, Any]:
     return identity
 
 
+def _integral_floats_as_ints(value: Any) -> Any:
+    """1.0 -> 1 throughout: ``model.gamma=1`` and ``model.gamma=1.0`` are the same run."""
+    if isinstance(value, dict):
+        return {key: _integral_floats_as_ints(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_integral_floats_as_ints(item) for item in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def run_id(cfg: DictConfig) -> str:
-    """Readable prefix (model, data, seed) + 10 hex digits of the hash of the run's identity."""
-    text = json.dumps(run_identity(cfg), sort_keys=True, default=str)
+    """Readable prefix (model, data, seed) + 10 hex digits of the hash of the run's identity (a number written as
+    1 or 1.0 hashes alike)."""
+    text = json.dumps(_integral_floats_as_ints(run_identity(cfg)), sort_keys=True, default=str)
     digest = hashlib.sha256(text.encode()).hexdigest()[:10]
     choices = cfg.get("choices") or {}
     parts = [choices.get("model"), choices.get("data"), f"s{cfg.seed}"]

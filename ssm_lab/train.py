@@ -95,6 +95,12 @@ def _check_run_values(cfg: DictConfig) -> None:
         raise ValueError(f"trainer.max_steps must be a positive integer, got {max_steps!r}")
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {cfg.seed!r}")
+    if cfg.trainer.get("max_time") is not None:
+        raise ValueError(
+            f"trainer.max_time={cfg.trainer.max_time!r} stops a run between two evaluations, where its checkpoint "
+            "cannot resume it exactly; bound the time from outside (timeout, SLURM's time limit): a run stopped by "
+            "SIGTERM is recorded 'interrupted' and the next launch resumes it to the metrics of an uninterrupted run"
+        )
 
 
 def _progress_bar(setting: bool | None) -> bool:
@@ -219,6 +225,7 @@ def _build(
     trainer: L.Trainer = instantiate(
         trainer_cfg, default_root_dir=str(path), logger=logger, callbacks=[checkpointing, recorder, *callbacks]
     )
+    task.configure_optimizers()  # built again by fit; a bad optimizer or scheduler value fails here, before any record
     return datamodule, task, logger, recorder, trainer
 
 
@@ -278,6 +285,8 @@ def _train(
         trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
         if isinstance(loader := trainer.train_dataloader, DataLoader):  # gone once trainer.test has run
             summary["batch_size_per_process"] = loader.batch_size
+        if trainer.global_step < cfg.trainer.max_steps:  # stopped early (by a callback): not a completed run
+            return record("interrupted", reason=f"stopped at step {trainer.global_step} of {cfg.trainer.max_steps}")
         trainer.test(task, datamodule=datamodule, verbose=False)
     except NonFiniteLossError as error:
         return record("failed", reason=str(error))

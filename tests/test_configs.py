@@ -113,11 +113,17 @@ def test_unknown_choice_lists_the_available_ones(make_config, group, bad):
         ("seed=abc", "seed must be a non-negative integer, got 'abc'"),
         ("model=ids4 model.mode=conv", "IDS4 has no mode 'conv'; choose one of scan, parallel, loop"),
         ("model=lru model.mode=parallel", "param 'lru' has no mode 'parallel'; choose one of scan, loop, conv"),
+        # built inside fit by Lightning: checked at build now, so no "interrupted" run is left to resume
+        ("+optim.optimizer.lrr=0.1", "unexpected keyword argument 'lrr'"),
+        ("optim.optimizer.lr=-1", "Invalid learning rate: -1"),
+        ("optim.recurrence_lr=-0.1", "optim.recurrence_lr must be a positive number or null, got -0.1"),
+        ("model=lru model.d_model=-4", "d_model must be a positive integer, got -4"),
+        ("+trainer.max_time=00:00:00:03", "trainer.max_time='00:00:00:03' stops a run between two evaluations"),
     ],
 )
 def test_bad_values_name_the_key_and_value(train, tmp_path, override, message):
     # hydra wraps a constructor's ValueError in an InstantiationException that adds the config key
-    with pytest.raises((ValueError, InstantiationException), match=message):
+    with pytest.raises((ValueError, TypeError, InstantiationException), match=message):
         train(*override.split())
     runs = tmp_path / "results" / "runs"
     assert not runs.exists() or not any(path.is_dir() for path in runs.glob("*/*"))  # no run folder is left

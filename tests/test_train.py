@@ -43,6 +43,7 @@ def test_run_id_is_readable_and_follows_the_config(make_config):
     assert len({run_dir(c).name for c in (base, seeded, wider)}) == 3
     assert run_dir(make_config()) == run_dir(base)  # same config, same folder: never a timestamp
     assert run_dir(make_config("logger=csv")) == run_dir(base)  # where it is logged is not what it computes
+    assert run_dir(make_config("model.gamma=1.0")) == run_dir(make_config("model.gamma=1"))  # one number, one run
     # nor where its data are read from: the data group's data_dir follows the top-level one
     elsewhere = make_config("data_dir=/somewhere/else")
     assert elsewhere.data.data_dir == "/somewhere/else" and run_dir(elsewhere) == run_dir(base)

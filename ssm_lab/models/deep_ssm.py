@@ -229,6 +229,7 @@ class TaskDeepSSM(nn.Module):
 
     def __init__(self, spec: TaskSpec, d_model: int = 64, mode: str = "scan", **deep_ssm_options: Any) -> None:
         super().__init__()
+        check_positive(d_model=d_model)  # before the embedding, whose own error would name no key
         self.spec, self.mode = spec, mode
         self.embedding = nn.Embedding(spec.vocab_size, d_model) if spec.input_kind == "tokens" else None
         d_input = d_model if self.embedding is not None else spec.d_input
