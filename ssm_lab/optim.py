@@ -49,7 +49,10 @@ def warmup_cosine(
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warm-up over ``warmup_steps``, then cosine decay to ``min_lr_ratio`` x lr at ``total_steps``."""
     if total_steps <= 0 or warmup_steps < 0:
-        raise ValueError(f"need total_steps > 0 and warmup_steps >= 0, got {total_steps}, {warmup_steps}")
+        raise ValueError(
+            f"optim.scheduler needs total_steps > 0 and warmup_steps >= 0 (set by trainer.max_steps and "
+            f"scale.warmup_steps), got total_steps={total_steps}, warmup_steps={warmup_steps}"
+        )
 
     def factor(step: int) -> float:
         if step < warmup_steps:

@@ -294,7 +294,9 @@ def _train(
         record("interrupted", reason=f"SIGTERM at step {trainer.global_step}")
         raise SystemExit(128 + signal.SIGTERM) from error
     except BaseException as error:  # Ctrl-C, submitit's requeue, a crash: the next launch resumes from last.ckpt
-        record("interrupted", reason=f"{type(error).__name__}: {error}")
+        # Lightning turns Ctrl-C into SystemExit(1) after its shutdown: the reason names the KeyboardInterrupt
+        stop = error.__context__ if isinstance(error.__context__, KeyboardInterrupt) else error
+        record("interrupted", reason=f"{type(stop).__name__}: {stop}".rstrip(": "))
         raise
     if hasattr(task.model, "certified_gain_bound"):
         from ssm_lab.models.certificate import audit  # only certified models need it

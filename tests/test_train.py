@@ -84,6 +84,36 @@ class _CrashAfter(L.Callback):
             raise RuntimeError("simulated crash")
 
 
+class _StopAt(L.Callback):
+    """At ``step``, Ctrl-C (``interrupt``) or a graceful stop such as trainer.max_time's or early stopping's."""
+
+    def __init__(self, step: int, interrupt: bool) -> None:
+        self.step, self.interrupt = step, interrupt
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            if self.interrupt:
+                raise KeyboardInterrupt
+            trainer.should_stop = True
+
+
+@pytest.mark.parametrize("interrupt", [True, False])
+def test_a_run_stopped_before_max_steps_is_recorded_interrupted_with_why(make_config, tmp_path, interrupt):
+    from ssm_lab.config import compose_config
+    from ssm_lab.train import run
+
+    cfg = compose_config(["scale=smoke", "logger=none", "trainer.max_steps=60", f"results_dir={tmp_path}"])
+    if interrupt:  # Lightning shuts down and exits 1 on Ctrl-C
+        with pytest.raises(SystemExit):
+            run(cfg, callbacks=[_StopAt(step=10, interrupt=True)])
+        summary = json.loads((run_dir(cfg) / "summary.json").read_text())
+    else:
+        summary = run(cfg, callbacks=[_StopAt(step=10, interrupt=False)])
+    assert summary["status"] == "interrupted"
+    assert summary["reason"] == ("KeyboardInterrupt" if interrupt else "stopped at step 10 of 60")
+    assert not any(key.startswith("test/") for key in summary["final"])  # never tested as if complete
+
+
 def test_interrupted_run_resumes_from_its_checkpoint_to_the_same_metrics(make_config, tmp_path):
     from ssm_lab.config import compose_config
     from ssm_lab.train import run
