@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import math
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -25,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import lightning as L
 import torch
@@ -292,7 +293,7 @@ def _train(
         return record("failed", reason=str(error))
     except SIGTERMException as error:  # Lightning stopped at a batch end; report the signal to the launcher
         record("interrupted", reason=f"SIGTERM at step {trainer.global_step}")
-        raise SystemExit(128 + signal.SIGTERM) from error
+        _terminate(128 + signal.SIGTERM, error)
     except BaseException as error:  # Ctrl-C, submitit's requeue, a crash: the next launch resumes from last.ckpt
         # Lightning turns Ctrl-C into SystemExit(1) after its shutdown: the reason names the KeyboardInterrupt
         stop = error.__context__ if isinstance(error.__context__, KeyboardInterrupt) else error
@@ -303,6 +304,17 @@ def _train(
 
         summary.update(audit(task.model))  # certified_gain and empirical_gain
     return record("completed")
+
+
+def _terminate(code: int, signal_error: BaseException) -> NoReturn:
+    """End the process after a SIGTERM with ``code``: SystemExit, except in a joblib worker (loky), which catches
+    SystemExit and lives on, idle for minutes after its sweep was stopped, holding its memory (and on a GPU its
+    CUDA context, in the way of the relaunch); there the process exits at once, its record already written."""
+    if multiprocessing.current_process().name.startswith("LokyProcess"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise SystemExit(code) from signal_error
 
 
 def _report(path: Path, summary: dict[str, Any]) -> None:

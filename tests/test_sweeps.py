@@ -108,6 +108,40 @@ def launcher_config(*overrides: str, config_dir: Path = CONFIG_DIR) -> DictConfi
     return cfg.hydra.launcher
 
 
+def test_a_stopped_joblib_sweep_leaves_no_worker_behind(tmp_path):
+    """SIGTERM to the sweep's process group (what ``timeout`` and SLURM send): each run is recorded interrupted and
+    every process of the sweep exits. joblib's workers used to catch the runs' SystemExit and live on, idle,
+    holding their memory (a CUDA context on a GPU) for minutes."""
+    import signal
+    import time
+
+    results = tmp_path / "results"
+    command = sweep_command(
+        results, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1", "trainer.max_steps=100000"
+    )
+    sweep = subprocess.Popen(
+        command, cwd=REPO, env=sweep_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + SWEEP_TIMEOUT_S
+    while len(list(results.glob("runs/*/*/checkpoints/last.ckpt"))) < 2:  # both runs are training
+        assert sweep.poll() is None and time.monotonic() < deadline, "the sweep did not start both runs"
+        time.sleep(0.5)
+    os.killpg(sweep.pid, signal.SIGTERM)
+    sweep.wait(timeout=120)
+
+    def members() -> list[str]:
+        listing = subprocess.run(["ps", "-eo", "sid=,pid=,args="], capture_output=True, text=True).stdout.splitlines()
+        return [line for line in listing if line.split()[0] == str(sweep.pid)]
+
+    for _ in range(60):  # the workers exit within seconds of their run's record
+        if not members():
+            break
+        time.sleep(0.5)
+    assert not members(), "\n".join(members())
+    assert {read_summary(path)["status"] for path in run_dirs_by_seed(results).values()} == {"interrupted"}
+
+
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local", "submitit_slurm"])
 def test_launcher_configs_build_their_plugins(launcher):
     assert issubclass(get_class(launcher_config(f"hydra/launcher={launcher}")._target_), Launcher)
