@@ -1,7 +1,7 @@
 """make figures: python -m experiments --scale smoke|small|paper [--figure NAME ...] [--launcher slurm] [--set K=V].
 
 Launches only the runs each figure still needs (Hydra multirun through run_experiment.py), gathers
-every run and draws into <results_dir>/figures/. Exits 1 when runs are still missing afterwards."""
+every run and draws into <results_dir>/figures/<scale>/. Exits 1 when runs are still missing afterwards."""
 
 from __future__ import annotations
 

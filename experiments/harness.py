@@ -1,6 +1,7 @@
 """The machinery every figure shares: which runs a figure needs at a scale (Hydra overrides), which
 of them are already recorded, launching only the missing ones through Hydra multirun, and saving
-what a figure draws (PDF + PNG per figure, CSV + Markdown per table) into ``<results_dir>/figures/``:
+what a figure draws (PDF + PNG per figure, CSV + Markdown per table) into ``<results_dir>/figures/<scale>/`` (a
+smoke drawing never replaces a paper one):
 ``<figure>_<key>.*``, or ``<figure>--<tag>_<key>.*`` for a variant (``--set`` overrides, some of its models).
 
 A figure module (``experiments/<name>.py``) defines:
@@ -161,6 +162,8 @@ class Session:
 
     def __post_init__(self) -> None:
         check_choice("scale", self.scale, SCALES)
+        for model in self.models or ():  # a misspelt model would draw a variant without it
+            check_choice("model", model, sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml")))
         launcher_override(self.launcher)  # a bad launcher fails before anything is trained
         for override in self.extra:
             key = override.lstrip("+~").partition("=")[0]
@@ -350,7 +353,7 @@ def make_figure(figure: ModuleType, session: Session) -> tuple[list[Path], list[
         drawing = figure.draw(collected.runs, curves, session.scale)
         drawing.missing = missing_lines
     tag, drawing.notes = variant(figure, session)
-    written, removed = save_drawing(drawing, name + tag, session.results_dir / "figures")
+    written, removed = save_drawing(drawing, name + tag, session.results_dir / "figures" / session.scale)
     for path in written:
         session.log(f"[figures] wrote {path}")
     for path in removed:

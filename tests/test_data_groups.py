@@ -1,6 +1,7 @@
 """Groups of the word-problem benchmark and their data module: axioms, orders, files, training."""
 
 import collections
+import logging
 import math
 
 import numpy as np
@@ -81,6 +82,31 @@ def test_module_is_reproducible_by_seed_and_splits_differ(tmp_path):
     assert a.spec.vocab_size == 60 and a.spec.vocab[0] == "e"
 
 
+def test_generated_held_out_words_are_distinct_and_never_trained_on():
+    """At length 3 (216,000 words) independent draws of 50,000 train words would hold ~21% of val's."""
+
+    def splits(num_train):
+        module = WordProblemDataModule("A5", seq_len=3, num_train=num_train, num_val=2000, num_test=2000, seed=4)
+        module.setup()
+        return {name: [tuple(w) for w in module.datasets[name].tensors["inputs"].tolist()] for name in module.splits}
+
+    words = splits(50_000)
+    test, val, train = set(words["test"]), set(words["val"]), set(words["train"])
+    assert len(test) == len(words["test"]) == 2000 and len(val) == len(words["val"]) == 2000
+    assert not test & val and not (test | val) & train and len(words["train"]) == 50_000
+    fewer = splits(1000)
+    assert fewer["test"] == words["test"] and fewer["val"] == words["val"]  # independent of num_train
+    assert splits(50_000) == words
+
+
+def test_a_word_space_too_small_for_the_held_out_words_is_an_error():
+    with pytest.raises(
+        ValueError, match=r"A5 has 60\^2 = 3600 distinct words of length 2: too few for 2000 test and 2000 val"
+    ):
+        WordProblemDataModule("A5", seq_len=2, num_val=2000, num_test=2000)
+    assert len(WordProblemDataModule("A5", seq_len=2, num_val=256, num_test=256).build_split("test")) == 256
+
+
 def _write_paper_file(path, words, table):
     path.parent.mkdir(parents=True, exist_ok=True)
     products = running_products(words, table)
@@ -102,13 +128,30 @@ def test_reads_the_papers_csv_when_present(tmp_path):
     np.testing.assert_array_equal(read_products, products)
 
     module = WordProblemDataModule(
-        "A5", seq_len=6, num_train=100, num_val=5, num_test=5, source="auto", data_dir=tmp_path
+        "A5", seq_len=6, num_train=30, num_val=5, num_test=5, source="auto", data_dir=tmp_path
     )
     module.setup()
     sizes = [len(module.datasets[s]) for s in ("train", "val", "test")]
     assert sizes == [30, 5, 5] and module.from_file and module.vocab[:2] == ("0", "1")
     rows = {tuple(w) for w in words.tolist()}
     assert all(tuple(w) in rows for split in module.datasets.values() for w in split.tensors["inputs"].tolist())
+
+
+def test_a_file_with_fewer_words_than_asked_trains_on_the_rest_and_says_so(tmp_path, caplog):
+    table = multiplication_table(GROUPS["A5"]())
+    _write_paper_file(word_problem_file(tmp_path, "A5", 4), np.random.default_rng(0).integers(0, 60, (40, 4)), table)
+    module = WordProblemDataModule(
+        "A5", seq_len=4, num_train=1000, num_val=5, num_test=5, data_dir=tmp_path, source="file"
+    )
+    with caplog.at_level(logging.WARNING):
+        module.setup()
+    assert "A5=4.csv holds 40 words: training on the 30 left after 5 test and 5 val words, not num_train=1000" in (
+        caplog.text
+    )
+    assert len(module.build_split("train")) == 30
+    too_small = WordProblemDataModule("A5", seq_len=4, num_val=20, num_test=20, data_dir=tmp_path, source="file")
+    with pytest.raises(ValueError, match=r"A5=4.csv holds 40 words, too few for 20 test and 20 val words"):
+        too_small.setup()
 
 
 def test_file_errors_name_file_and_line(tmp_path):
@@ -127,6 +170,9 @@ def test_file_errors_name_file_and_line(tmp_path):
         read_word_problem_csv(path, 60, 2)
     path.write_text("seed,word\n0,1 2\n")
     with pytest.raises(ValueError, match=r"bad.csv:1: header needs columns input and target"):
+        read_word_problem_csv(path, 60, 2)
+    path.write_bytes(b"seed,input,target\n0,1 2,1 2\n0,1 \xe9 2,1 2\n")
+    with pytest.raises(ValueError, match=r"bad.csv:3: not UTF-8 text \(byte 0xe9 at column 5\)"):
         read_word_problem_csv(path, 60, 2)
 
 

@@ -1,7 +1,10 @@
 """LRA ListOps: generator labels against an independent evaluator, tokenisation, files, caching."""
 
+import itertools
 import math
+import signal
 import statistics
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -9,9 +12,11 @@ import torch
 
 from ssm_lab.data.cache import cache_path
 from ssm_lab.data.listops import (
+    GENERATOR,
     VOCAB,
     ListOpsDataModule,
     apply_operator,
+    count_expressions,
     generate_listops,
     read_listops_tsv,
     tokenize,
@@ -74,6 +79,69 @@ def test_generation_is_reproducible_and_independent_of_workers():
     assert a == b and a != c
 
 
+@contextmanager
+def within(seconds: int):
+    """Fail (rather than hang) when the block runs longer than ``seconds``."""
+
+    def expire(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def all_expressions(max_depth: int, max_args: int, max_length: int) -> set[tuple[str, ...]]:
+    """Every expression the sampler can draw, enumerated (small options only)."""
+    digits = {(str(d),) for d in range(10)}
+    if max_depth == 1:
+        return digits
+    arguments = [e for e in all_expressions(max_depth - 1, max_args, max_length) if len(e) <= max_length - 3]
+    return digits | {
+        (operator, *itertools.chain(*args), "]")
+        for operator in FOLD
+        for m in range(2, max_args + 1)
+        for args in itertools.product(arguments, repeat=m)
+        if sum(map(len, args)) + 2 <= max_length
+    }
+
+
+@pytest.mark.parametrize("max_depth, max_args, max_length", [(1, 10, 5), (2, 3, 6), (3, 2, 9)])
+def test_expression_counts_match_an_enumeration(max_depth, max_args, max_length):
+    lengths = [len(e) for e in all_expressions(max_depth, max_args, max_length)]
+    expected = np.bincount(lengths, minlength=max_length + 1)
+    np.testing.assert_array_equal(count_expressions(max_length, max_depth, max_args, cap=10**12), expected)
+    np.testing.assert_array_equal(count_expressions(max_length, max_depth, max_args, cap=50), np.minimum(expected, 50))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(max_depth=1, min_length=2, num_train=4), r"min_length=2, .*max_depth=1.* allow 0 distinct expressions"),
+        (
+            dict(max_depth=1, min_length=1, num_train=20),
+            r"max_depth=1.* allow 10 distinct expressions.* fewer than the 24",
+        ),
+        # possible, but an operator of 10 arguments that nearly all are operators of 10: too rare to draw
+        (dict(max_depth=3, min_length=110, max_length=122, num_train=4), r"only 0 of 1000 drawn .* min_length=110"),
+    ],
+)
+def test_options_that_allow_too_few_expressions_are_an_error_not_a_hang(tmp_path, options, message):
+    sizes = dict(num_val=2, num_test=2, max_length=64, batch_size=2, source="generate", data_dir=tmp_path)
+    with within(20), pytest.raises(ValueError, match=message):
+        ListOpsDataModule(**{**sizes, **options}).setup()
+
+
+def test_generation_can_use_up_every_expression_the_options_allow():
+    # the 410 expressions of at most 4 tokens at max_depth 2 and max_args 2: 10 digits, 4 x 10 x 10 operators
+    expressions, _ = generate_listops(410, 1, 4, 2, 2, seed=0, workers=1)
+    assert len({bytes(e) for e in expressions}) == 410
+
+
 def test_median_and_sum_mod_10():
     assert apply_operator("[MED", [1, 9, 3]) == 3 and apply_operator("[MED", [1, 2, 5, 9]) == 3
     assert apply_operator("[SM", [7, 8, 9]) == 4 and apply_operator("[MIN", [4, 2]) == 2
@@ -115,6 +183,10 @@ def test_reads_the_official_tsv_files(tmp_path):
     "line, message",
     [
         ("( [MAX 2 9 ]\t12", "basic_train.tsv:3: target 12 is outside 0..9"),
+        ("( [MAX 1 2 )\t2", r"basic_train.tsv:3: unbalanced expression: 1 operator\(s\) never closed by '\]'"),
+        ("[MAX 1 2 ] ]\t2", r"basic_train.tsv:3: '\]' \(token 5\) closes no operator"),
+        ("[MAX ]\t2", r"basic_train.tsv:3: the operator closed by '\]' \(token 2\) has no arguments"),
+        ("1 2\t2", r"basic_train.tsv:3: a second expression starts at token 2 \('2'\)"),
         ("( [MAX 2 9 ]", "basic_train.tsv:3: need 2 tab-separated fields"),
         ("( [MAX 2 x ]\t1", "basic_train.tsv:3: unknown token 'x'"),
         ("( [MAX 2 9 ]\tnine", "basic_train.tsv:3: target 'nine' is not an integer"),
@@ -125,6 +197,45 @@ def test_malformed_files_name_file_and_line(tmp_path, line, message):
     path.write_text(f"Source\tTarget\n[MIN 1 2 ]\t1\n{line}\n")
     with pytest.raises(ValueError, match=message):
         read_listops_tsv(path)
+
+
+def test_a_byte_that_is_not_utf8_names_file_and_line(tmp_path):
+    path = tmp_path / "basic_train.tsv"
+    path.write_bytes(b"Source\tTarget\n[MIN 1 2 ]\t1\n[MAX 1 \xff ]\t1\n")
+    with pytest.raises(ValueError, match=r"basic_train.tsv:3: not UTF-8 text \(byte 0xff at column 8\)"):
+        read_listops_tsv(path)
+
+
+def test_file_expressions_longer_than_max_length_are_an_error(tmp_path):
+    long_line = "( [SM " + "1 " * 11 + "] )"  # 13 tokens once the brackets are dropped
+    _write_tsv(tmp_path / "listops", [("( [MAX 2 9 ] )", 9), (long_line, 1)])
+    module = ListOpsDataModule(min_length=1, max_length=12, batch_size=2, steps_per_epoch=1, data_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"basic_train.tsv:3: the expression has 13 tokens, more than max_length=12"):
+        module.setup()
+    module = ListOpsDataModule(min_length=1, max_length=13, batch_size=2, steps_per_epoch=1, data_dir=tmp_path)
+    module.setup()
+    assert module.datasets["test"][1]["lengths"] == 13
+
+
+def test_generated_held_out_sets_do_not_change_with_num_train(tmp_path):
+    def splits(num_train):
+        module = ListOpsDataModule(
+            num_train=num_train, num_val=32, num_test=32, min_length=16, max_length=64, max_depth=4,
+            batch_size=4, source="generate", data_dir=tmp_path,
+        )  # fmt: skip
+        module.setup()
+        return {
+            name: [bytes(d[i]["inputs"][: d[i]["lengths"]].tolist()) for i in range(len(d))]
+            for name, d in module.datasets.items()
+        }
+
+    small, large = splits(256), splits(512)
+    assert small["test"] == large["test"] and small["val"] == large["val"]
+    for words in (small, large):
+        test, val, train = (set(words[name]) for name in ("test", "val", "train"))
+        assert len(test) == 32 and len(val) == 32 and len(train) == len(words["train"])
+        assert not test & val and not (test | val) & train
+    assert set(small["train"]) <= set(large["train"])
 
 
 def test_missing_files_and_bad_options(tmp_path):
@@ -147,7 +258,7 @@ def test_generated_data_is_cached_under_its_parameters(tmp_path):
 
     module = make(0)
     module.setup()
-    cached = cache_path(tmp_path / "listops", "generated", {**module.generation, "generator": "lra-listops-v1"})
+    cached = cache_path(tmp_path / "listops", "generated", {**module.generation, "generator": GENERATOR})
     assert cached.exists() and not list((tmp_path / "listops").glob(".*tmp"))
     again = make(0)
     again.setup()

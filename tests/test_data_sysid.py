@@ -176,6 +176,37 @@ def test_bad_files_name_the_file_and_the_problem(tmp_path):
         BENCHMARKS["emps"].load(tmp_path)
 
 
+def test_mat_variables_must_be_vectors_of_enough_samples(tmp_path):
+    n = 512
+    tanks = {"uEst": np.zeros((n, 1)), "yEst": np.zeros((n, 1)), "uVal": np.zeros((1, n)), "yVal": np.zeros(n)}
+    savemat(tmp_path / "dataBenchmark.mat", {**tanks, "Ts": [[4.0]]})
+    assert len(BENCHMARKS["cascaded_tanks"].load(tmp_path)["test"]) == n  # (n, 1), (1, n) and (n,) are vectors
+    # two-column records would be read as 2n interleaved samples
+    savemat(
+        tmp_path / "dataBenchmark.mat", {**tanks, "uEst": np.zeros((n, 2)), "yEst": np.zeros((n, 2)), "Ts": [[4.0]]}
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"dataBenchmark.mat: variable 'uEst' must be a vector \(\(n,\), \(n, 1\) or \(1, n\)\), "
+        r"got shape \(512, 2\)",
+    ):
+        BENCHMARKS["cascaded_tanks"].load(tmp_path)
+    savemat(tmp_path / "dataBenchmark.mat", {**tanks, "Ts": np.zeros((0, 0))})
+    with pytest.raises(
+        ValueError, match=r"dataBenchmark.mat: variable 'Ts' holds 0 value\(s\) \(shape \(0, 0\)\); need at least 1"
+    ):
+        BENCHMARKS["cascaded_tanks"].load(tmp_path)
+    savemat(tmp_path / "dataBenchmark.mat", {**tanks, "Ts": [[4.0, 2.0]]})
+    with pytest.raises(ValueError, match=r"dataBenchmark.mat: variable 'Ts' must hold one value, got 2"):
+        BENCHMARKS["cascaded_tanks"].load(tmp_path)
+    one_sample = {"qm": np.zeros((1, 1)), "vir": np.zeros((1, 1)), "t": np.zeros((1, 1))}
+    savemat(tmp_path / "DATA_EMPS.mat", one_sample)
+    with pytest.raises(
+        ValueError, match=r"DATA_EMPS.mat: variable 'qm' holds 1 value\(s\) \(shape \(1, 1\)\); need at least 2"
+    ):
+        BENCHMARKS["emps"].load(tmp_path)
+
+
 def test_missing_files_say_where_to_put_them_or_which_simulator_runs(tmp_path, caplog):
     with pytest.raises(
         FileNotFoundError, match=r"emps: missing DATA_EMPS.mat, DATA_EMPS_PULSES.mat; put .* in .*sysid/emps"

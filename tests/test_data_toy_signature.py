@@ -119,10 +119,27 @@ def test_toy_increments_sum_back_to_the_path_with_the_same_labels():
     x, dx = values.datasets["train"].tensors["inputs"], increments.datasets["train"].tensors["inputs"]
     assert torch.equal(values.datasets["val"].tensors["targets"], increments.datasets["val"].tensors["targets"])
     assert float(dx.square().mean().sqrt()) == pytest.approx(1.0, rel=0.1)  # the train part of a unit-RMS set
+    assert dx[:, 0].eq(0).all()  # the path starts at its first point, not at the origin
     scale = float(x[:, 1:].sub(x[:, :-1]).abs().max() / dx[:, 1:].abs().max())
-    torch.testing.assert_close(torch.cumsum(dx, dim=1) * scale, x, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(torch.cumsum(dx, dim=1) * scale, x - x[:, :1], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="unknown inputs 'levels'; choose one of values, increments"):
         ToySignatureDataModule(inputs="levels")
+
+
+@pytest.mark.parametrize("dim", [2, 3])
+def test_toy_increments_rebuild_the_labelled_path_and_nothing_more(dim):
+    """The label is a signature term of X_1..X_L. The path the increments drive (a CDE's control:
+    from the origin, one segment per increment) must have that signature, up to the one scale the
+    normalisations leave; computed here by brute force."""
+    module = ToySignatureDataModule(dim=dim, seq_len=8, num_paths=30, inputs="increments", batch_size=4)
+    module.setup()
+    increments = torch.cat([module.datasets[s].tensors["inputs"] for s in ("train", "val")]).double().numpy()
+    labels = torch.cat([module.datasets[s].tensors["targets"] for s in ("train", "val")])[:, 0].double().numpy()
+    rebuilt = np.concatenate([np.zeros_like(increments[:, :1]), np.cumsum(increments, axis=1)], axis=1)
+    terms = np.array([brute_force_signature_term(path, WORDS[dim]) for path in rebuilt])
+    scale = labels @ terms / (terms @ terms)  # the best-scaled fit: exact when the paths are the labelled ones
+    assert np.abs(labels).max() == pytest.approx(1.0)
+    np.testing.assert_allclose(scale * terms, labels, atol=1e-6)
 
 
 def test_toy_signature_trains_end_to_end(train):

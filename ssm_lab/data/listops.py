@@ -5,12 +5,18 @@ label is the expression's value, a 10-way classification of the whole sequence.
 
 Sampling, as the LRA generator describes it: a node below ``max_depth`` is an operator with
 probability 1/4 (else a digit), with 2..``max_args`` arguments drawn the same way one level
-deeper; at ``max_depth`` it is a digit. Whole expressions are drawn until ``num_train + num_val
-+ num_test`` distinct ones have between ``min_length`` and ``max_length`` tokens.
+deeper; at ``max_depth`` it is a digit. Whole expressions are drawn until ``num_test + num_val
++ num_train`` distinct ones have between ``min_length`` and ``max_length`` tokens: the first
+``num_test`` are the test set, the next ``num_val`` the val set, the rest the training set, so the
+held-out sets do not change with ``num_train``. Options that allow too few distinct expressions,
+or make them too rare to draw, are an error rather than an endless loop.
 
 Tokens as in the S4 code base: the "(" and ")" of the LRA files are dropped, "]" closes an
 operator, sequences are right-padded with "<pad>" (id 0) and carry their ``lengths``. Reads the
-official TSV files or a saved Hugging Face dataset from ``data_dir/listops`` when present.
+official TSV files or a saved Hugging Face dataset from ``data_dir/listops`` when present; each
+line must hold one well-formed expression of at most ``max_length`` tokens (LRA's cap is 2000): a
+longer one is an error naming its file and line, never silently dropped or cut, since dropping
+would change the benchmark's test set and cutting its labels.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from torch.utils.data import Dataset
 from ssm_lab.data.cache import cached_arrays
 from ssm_lab.data.loading import SplitDataModule
 from ssm_lab.data.spec import TaskSpec
+from ssm_lab.data.text_files import utf8_lines
 from ssm_lab.validation import check_positive
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
@@ -41,6 +48,12 @@ OPERATOR_IDS = tuple(TOKEN_IDS[op] for op in OPERATORS)
 CLOSE_ID = TOKEN_IDS[CLOSE]
 OPERATOR_PROBABILITY = 0.25
 CHUNK_SIZE = 2_000
+#: The cache key of generated data: bump it whenever the same options give other data.
+GENERATOR = "lra-listops-v2"
+#: A chunk gives up once it has drawn more than this many expressions per accepted one (plus one):
+#: LRA's lengths accept about one draw in 11, so only options whose lengths are too rare to sample stop.
+MAX_DRAWS_PER_EXAMPLE = 1_000
+LRA_MAX_LENGTH = 2_000
 #: File names of the LRA release, per split (``lra_release/listops-1000/basic_*.tsv``).
 TSV_FILES = {"train": "basic_train.tsv", "val": "basic_val.tsv", "test": "basic_test.tsv"}
 HF_SPLITS = {"train": "train", "val": "validation", "test": "test"}
@@ -107,15 +120,28 @@ def sample_expression(rng: random.Random, max_depth: int, max_args: int, max_len
     return [DIGIT_IDS[value]], value
 
 
+def _options(min_length: int, max_length: int, max_depth: int, max_args: int) -> str:
+    return f"min_length={min_length}, max_length={max_length}, max_depth={max_depth}, max_args={max_args}"
+
+
 def _generate_chunk(
     chunk: int, num_examples: int, min_length: int, max_length: int, max_depth: int, max_args: int, seed: int
 ) -> tuple[list[list[int]], list[int]]:
-    """``num_examples`` expressions with min_length..max_length tokens from chunk ``chunk``'s own
-    stream. Expressions that pass max_length are abandoned as soon as they do: they would be
-    rejected anyway, so the accepted ones keep the distribution of the full rejection sampler."""
+    """The first ``num_examples`` expressions with min_length..max_length tokens of chunk ``chunk``'s
+    own stream. Expressions that pass max_length are abandoned as soon as they do: they would be
+    rejected anyway, so the accepted ones keep the distribution of the full rejection sampler.
+    Raises once more than MAX_DRAWS_PER_EXAMPLE draws were needed per accepted expression."""
     rng = random.Random(f"listops-{seed}-{chunk}")
     expressions, labels = [], []
+    draws = 0
     while len(expressions) < num_examples:
+        draws += 1
+        if draws > MAX_DRAWS_PER_EXAMPLE * (len(expressions) + 1):
+            raise ValueError(
+                f"ListOps: only {len(expressions)} of {draws - 1} drawn expressions have min_length..max_length "
+                f"tokens at {_options(min_length, max_length, max_depth, max_args)} (fewer than one in "
+                f"{MAX_DRAWS_PER_EXAMPLE}): too rare to sample; lower min_length or raise max_length"
+            )
         try:
             tokens, value = sample_expression(rng, max_depth, max_args, max_length)
         except _TooLongError:
@@ -126,24 +152,77 @@ def _generate_chunk(
     return expressions, labels
 
 
+def count_expressions(max_length: int, max_depth: int, max_args: int, cap: int) -> np.ndarray:
+    """counts[n]: the number of distinct expressions of n = 0..max_length tokens the sampler can draw,
+    saturated at ``cap`` (< 2^53: float64 then counts exactly below the cap).
+
+    With P_k(x) = sum_n counts_k[n] x^n for expressions of at most k levels: P_1 = 10 x (a digit),
+    P_k = 10 x + 4 x^2 sum_{m=2}^{max_args} P_{k-1}^m (a digit, or an operator, its m arguments and
+    "]"); the answer is P_{max_depth} truncated at degree max_length."""
+    counts = np.zeros(max_length + 1)
+    counts[1] = 10.0
+    for _ in range(max_depth - 1):
+        arguments, power = np.zeros(max_length + 1), counts
+        for _ in range(max_args - 1):
+            power = np.minimum(np.convolve(power, counts)[: max_length + 1], cap)
+            if not power.any():  # m arguments take at least m tokens: more no longer fit in max_length
+                break
+            arguments = np.minimum(arguments + power, cap)
+        deeper = np.zeros(max_length + 1)
+        deeper[1] = 10.0
+        deeper[2:] = np.minimum(4 * arguments[: max_length - 1], cap)
+        if np.array_equal(deeper, counts):  # every length up to max_length is reached (or saturated)
+            break
+        counts = deeper
+    return counts
+
+
+def check_generation_options(
+    num_examples: int, min_length: int, max_length: int, max_depth: int, max_args: int
+) -> None:
+    """Raise naming the options when fewer than ``num_examples`` distinct expressions have
+    min_length..max_length tokens (``count_expressions``), e.g. max_depth=1 (digits only) with
+    min_length 2, or 20 expressions of 10 digits."""
+    counts = count_expressions(max_length, max_depth, max_args, cap=num_examples)
+    available = int(min(counts[min_length:].sum(), num_examples))
+    if available < num_examples:
+        longest = 1
+        for _ in range(max_depth - 1):
+            longest = 2 + max_args * longest
+        raise ValueError(
+            f"ListOps: {_options(min_length, max_length, max_depth, max_args)} allow {available} distinct "
+            f"expressions (the longest max_depth and max_args can make has {longest} token(s)), fewer than the "
+            f"{num_examples} asked (num_test + num_val + num_train); lower the sizes or min_length, or raise "
+            f"max_depth or max_length"
+        )
+
+
 def generate_listops(
     num_examples: int, min_length: int, max_length: int, max_depth: int, max_args: int, seed: int, workers: int = 0
 ) -> tuple[list[list[int]], list[int]]:
-    """``num_examples`` distinct expressions and their values, drawn in chunks of up to CHUNK_SIZE
-    from streams seeded by (seed, chunk) and merged in chunk order, so the result depends on the
-    seed and sizes only, not on ``workers`` (processes; 0: one per CPU)."""
+    """The first ``num_examples`` distinct expressions (and their values) of one stream: chunks of
+    CHUNK_SIZE accepted draws seeded by (seed, chunk), in chunk order. The result depends on the
+    seed and options only, not on ``workers`` (processes; 0: one per CPU), and asking for fewer
+    gives a prefix of it. Raises naming the options when they allow too few distinct expressions
+    (up front), make them too rare to draw, or when a round of draws finds no new one."""
+    check_generation_options(num_examples, min_length, max_length, max_depth, max_args)
+    options = _options(min_length, max_length, max_depth, max_args)
     seen: set[bytes] = set()
     expressions, labels = [], []
     workers = workers or os.cpu_count() or 1
-    next_chunk = 0
+    position = 0  # accepted draws of the stream consumed so far
     while len(expressions) < num_examples:
-        # duplicates are rare (none at LRA lengths), so one round almost always suffices
+        # duplicates are rare (none at LRA lengths), so one round almost always suffices; a later
+        # round draws at least a chunk, so that one without a new expression means they are too rare
         missing = num_examples - len(expressions)
-        sizes = [CHUNK_SIZE] * (missing // CHUNK_SIZE) + ([missing % CHUNK_SIZE] if missing % CHUNK_SIZE else [])
+        stop = position + (missing if position == 0 else max(missing, CHUNK_SIZE))
+        first, last = position // CHUNK_SIZE, (stop - 1) // CHUNK_SIZE
+        # a chunk's first n draws do not depend on how many follow: a chunk begun in an earlier
+        # round is drawn again from its start and its consumed part skipped
         args = [
-            (next_chunk + i, size, min_length, max_length, max_depth, max_args, seed) for i, size in enumerate(sizes)
+            (chunk, min(stop - chunk * CHUNK_SIZE, CHUNK_SIZE), min_length, max_length, max_depth, max_args, seed)
+            for chunk in range(first, last + 1)
         ]
-        next_chunk += len(sizes)
         if workers == 1 or len(args) == 1:
             results = [_generate_chunk(*a) for a in args]
         else:
@@ -151,28 +230,54 @@ def generate_listops(
             # (spawn would fail in any script without an `if __name__ == "__main__"` guard)
             with ProcessPoolExecutor(min(workers, len(args)), mp_context=multiprocessing.get_context("fork")) as pool:
                 results = list(pool.map(_generate_chunk, *zip(*args, strict=True)))
-        for chunk_expressions, chunk_labels in results:
-            for tokens, value in zip(chunk_expressions, chunk_labels, strict=True):
+        found = len(expressions)
+        for (chunk, *_), (chunk_expressions, chunk_labels) in zip(args, results, strict=True):
+            skip = max(position - chunk * CHUNK_SIZE, 0)
+            for tokens, value in zip(chunk_expressions[skip:], chunk_labels[skip:], strict=True):
                 key = bytes(tokens)
                 if key not in seen and len(expressions) < num_examples:
                     seen.add(key)
                     expressions.append(tokens)
                     labels.append(value)
+        if len(expressions) == found:
+            raise ValueError(
+                f"ListOps: {stop - position} more expressions drawn at {options} held no new one: {found} "
+                f"distinct expressions in {stop} draws, {num_examples} asked "
+                f"(num_test + num_val + num_train); lower the sizes or min_length, or raise max_depth or max_length"
+            )
+        position = stop
     return expressions, labels
 
 
 def tokenize(source: str, where: str) -> list[int]:
-    """LRA source text -> token ids (brackets "(" and ")" dropped); ``where`` names the file and
-    line in the error for an unknown token."""
-    ids = []
-    for token in source.split():
+    """LRA source text -> token ids (brackets "(" and ")" dropped: they only group the LRA
+    generator's binary tree and do not change the expression). The ids must form one expression:
+    a digit, or an operator, its arguments (at least one) and the "]" that closes it. Errors name
+    ``where`` (file and line) and the token's position in the line."""
+    ids: list[int] = []
+    open_arguments: list[int] = []  # per operator not yet closed, the arguments it has so far
+    for position, token in enumerate(source.split(), start=1):
         if token in ("(", ")"):
             continue
         if token not in TOKEN_IDS or token == PAD:
             raise ValueError(f"{where}: unknown token {token!r}; ListOps tokens are {', '.join(VOCAB[1:])}, ( and )")
+        if token == CLOSE:
+            if not open_arguments:
+                raise ValueError(f"{where}: ']' (token {position}) closes no operator")
+            if open_arguments.pop() == 0:
+                raise ValueError(f"{where}: the operator closed by ']' (token {position}) has no arguments")
+        elif ids and not open_arguments:
+            raise ValueError(f"{where}: a second expression starts at token {position} ({token!r}); a line holds one")
+        else:
+            if open_arguments:
+                open_arguments[-1] += 1
+            if token in OPERATORS:
+                open_arguments.append(0)
         ids.append(TOKEN_IDS[token])
     if not ids:
         raise ValueError(f"{where}: empty expression")
+    if open_arguments:
+        raise ValueError(f"{where}: unbalanced expression: {len(open_arguments)} operator(s) never closed by ']'")
     return ids
 
 
@@ -186,37 +291,51 @@ def _label(text: str, where: str) -> int:
     return label
 
 
-def read_listops_tsv(path: Path) -> tuple[list[list[int]], list[int]]:
-    """An LRA file: a header ``Source<TAB>Target``, then one expression and its value per line."""
+def _example(source: str, target: str, where: str, max_length: int) -> tuple[list[int], int]:
+    """One line of a file: (token ids, label), the expression at most ``max_length`` tokens long."""
+    ids = tokenize(source, where)
+    if len(ids) > max_length:
+        raise ValueError(
+            f"{where}: the expression has {len(ids)} tokens, more than max_length={max_length} (LRA: "
+            f"{LRA_MAX_LENGTH}); raise max_length or remove the line"
+        )
+    return ids, _label(target, where)
+
+
+def read_listops_tsv(path: Path, max_length: int = LRA_MAX_LENGTH) -> tuple[list[list[int]], list[int]]:
+    """An LRA file: a header ``Source<TAB>Target``, then one expression of at most ``max_length``
+    tokens and its value per line (UTF-8). Errors name the file and line."""
     expressions, labels = [], []
-    with open(path) as f:
-        header = f.readline().rstrip("\n").split("\t")
-        if header != ["Source", "Target"]:
-            raise ValueError(f"{path}:1: header must be Source<TAB>Target, got {header}")
-        for line_number, line in enumerate(f, start=2):
-            if not line.strip():
-                continue
-            fields = line.rstrip("\n").split("\t")
-            where = f"{path}:{line_number}"
-            if len(fields) != 2:
-                raise ValueError(f"{where}: need 2 tab-separated fields (Source, Target), got {len(fields)}")
-            expressions.append(tokenize(fields[0], where))
-            labels.append(_label(fields[1], where))
+    lines = utf8_lines(path)
+    header = next(lines, "").rstrip("\r\n").split("\t")
+    if header != ["Source", "Target"]:
+        raise ValueError(f"{path}:1: header must be Source<TAB>Target, got {header}")
+    for line_number, line in enumerate(lines, start=2):
+        if not line.strip():
+            continue
+        fields = line.rstrip("\r\n").split("\t")
+        where = f"{path}:{line_number}"
+        if len(fields) != 2:
+            raise ValueError(f"{where}: need 2 tab-separated fields (Source, Target), got {len(fields)}")
+        tokens, label = _example(*fields, where, max_length)
+        expressions.append(tokens)
+        labels.append(label)
     if not expressions:
         raise ValueError(f"{path}: no examples in the file")
     return expressions, labels
 
 
-def read_listops_huggingface(directory: Path, split: str) -> tuple[list[list[int]], list[int]]:
+def read_listops_huggingface(
+    directory: Path, split: str, max_length: int = LRA_MAX_LENGTH
+) -> tuple[list[list[int]], list[int]]:
     """A ``datasets.DatasetDict`` saved with ``save_to_disk``: splits train/validation/test with
-    the LRA columns Source and Target."""
+    the LRA columns Source and Target, expressions of at most ``max_length`` tokens."""
     from datasets import load_from_disk  # only this source needs it
 
     dataset = load_from_disk(str(directory))[HF_SPLITS[split]]
     where = f"{directory} ({HF_SPLITS[split]})"
     pairs = [
-        (tokenize(row["Source"], f"{where} row {i}"), _label(str(row["Target"]), f"{where} row {i}"))
-        for i, row in enumerate(dataset)
+        _example(row["Source"], str(row["Target"]), f"{where} row {i}", max_length) for i, row in enumerate(dataset)
     ]
     return [tokens for tokens, _ in pairs], [label for _, label in pairs]
 
@@ -255,7 +374,9 @@ class ListOpsDataModule(SplitDataModule):
     """Batches {"inputs": (B, L) ids, "targets": (B,) values 0..9, "lengths": (B,)}, L the longest
     expression of the data. ``source``: "generate" (cached in ``data_dir/listops``), "tsv" (the
     LRA files in ``data_dir/listops``), "huggingface" (``data_dir/listops/huggingface``), or
-    "auto": the TSV files, else the Hugging Face copy, else generated."""
+    "auto": the TSV files, else the Hugging Face copy, else generated. ``max_length`` bounds the
+    files' expressions too (a longer one is an error naming its file and line); the other
+    generation options apply to generated data only."""
 
     def __init__(
         self,
@@ -292,6 +413,8 @@ class ListOpsDataModule(SplitDataModule):
             raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
         self.directory = Path(data_dir) / "listops"
         self.source = self._resolve_source(source)
+        if self.source == "generate":  # fail at configuration time, not after the trainer is built
+            check_generation_options(num_train + num_val + num_test, min_length, max_length, max_depth, max_args)
         self.generation = {
             "num_train": num_train,
             "num_val": num_val,
@@ -329,27 +452,32 @@ class ListOpsDataModule(SplitDataModule):
         )
 
     def _load(self) -> dict[str, dict[str, np.ndarray]]:
+        max_length = self.generation["max_length"]
         if self.source == "tsv":
-            return {split: pack(*read_listops_tsv(self.directory / name)) for split, name in TSV_FILES.items()}
-        if self.source == "huggingface":
             return {
-                split: pack(*read_listops_huggingface(self.directory / "huggingface", split)) for split in TSV_FILES
+                split: pack(*read_listops_tsv(self.directory / name, max_length)) for split, name in TSV_FILES.items()
             }
-        params = {**self.generation, "generator": "lra-listops-v1"}
+        if self.source == "huggingface":
+            directory = self.directory / "huggingface"
+            return {split: pack(*read_listops_huggingface(directory, split, max_length)) for split in TSV_FILES}
+        params = {**self.generation, "generator": GENERATOR}
         arrays = cached_arrays(self.directory, "generated", params, lambda: self._generate())
         return {
             split: {k.split("/")[1]: v for k, v in arrays.items() if k.startswith(split + "/")} for split in TSV_FILES
         }
 
     def _generate(self) -> dict[str, np.ndarray]:
+        """One stream of distinct expressions cut into test, val, then train: the held-out sets are
+        a prefix of it, the same whatever num_train, and no expression is in two splits."""
         g = self.generation
-        sizes = [g["num_train"], g["num_val"], g["num_test"]]
+        splits = ("test", "val", "train")
+        sizes = [g[f"num_{split}"] for split in splits]
         expressions, labels = generate_listops(
             sum(sizes), g["min_length"], g["max_length"], g["max_depth"], g["max_args"], g["seed"]
         )
         cuts = np.cumsum([0, *sizes])
         arrays = {}
-        for split, start, stop in zip(TSV_FILES, cuts[:-1], cuts[1:], strict=True):
+        for split, start, stop in zip(splits, cuts[:-1], cuts[1:], strict=True):
             for key, value in pack(expressions[start:stop], labels[start:stop]).items():
                 arrays[f"{split}/{key}"] = value
         return arrays

@@ -6,11 +6,13 @@ points and scaled by the largest |value| over the dataset; the label is S^{12} (
 S^{123} (``dim=3``) of the piecewise-linear path through those points (exact, by Chen's
 identity, ``ssm_lab.ops.signature``), scaled by its largest |value| over the dataset.
 
-``inputs="increments"`` gives a model the path's increments X_t - X_{t-1} (X_0 = 0) instead of
-its values, scaled to unit RMS over the dataset: the control a Linear CDE integrates (the paper
-drives its LCDE by dX), while the other models read the values. The label, a signature term of
-the path, does not change with it (a scaled path only rescales the term, and labels are
-normalised).
+``inputs="increments"`` gives a model the path's increments instead of its values: 0 at the first
+point, X_t - X_{t-1} after it, scaled to unit RMS over the dataset. They are the control a Linear
+CDE integrates (the paper drives its LCDE by dX), while the other models read the values; summed,
+they give back the labelled path X_1..X_L moved to start at 0, the same signature (it is
+translation-invariant, and a scaled path only rescales the term, which the labels' normalisation
+removes). A first increment of X_1 - 0 would add a segment from the origin that the label does
+not hold.
 """
 
 from __future__ import annotations
@@ -45,9 +47,10 @@ def toy_signature_paths(num_paths: int, seq_len: int, dim: int, seed: int) -> tu
 
 
 def path_increments(paths: np.ndarray) -> np.ndarray:
-    """(N, L, dim) values -> (N, L, dim) increments X_t - X_{t-1} with X_0 = 0, divided by their
-    RMS over the whole array (left as they are when every increment is zero)."""
-    increments = np.diff(paths, axis=1, prepend=np.zeros_like(paths[:, :1]))
+    """(N, L, dim) values -> (N, L, dim) increments: 0 at t = 1, X_t - X_{t-1} for t > 1 (the segments
+    of the path X_1..X_L and nothing else), divided by their RMS over the whole array (left as they
+    are when every increment is zero)."""
+    increments = np.diff(paths, axis=1, prepend=paths[:, :1])
     rms = float(np.sqrt(np.mean(np.square(increments, dtype=np.float64))))
     return (increments / rms if rms > 0 else increments).astype(paths.dtype)
 

@@ -5,15 +5,18 @@ smallest non-solvable group) needs NC1 state tracking, which no fixed-depth diag
 expresses; this is the benchmark behind Figure 2 of Cirone et al. 2024. S5 is the other
 non-solvable group of the paper; A4 x Z5 and Z60 are its solvable controls of the same order.
 
-Words are generated, or read from the paper's published files (``<data_dir>/word_problems/
-A5=16.csv``: a header ``seed,input,target``, then one word per line as space-separated element
-ids with its running products). The files number elements their own way; the reader checks that
-the running products are consistent with one multiplication table and keeps the file's ids.
+Words are generated (test and val words distinct and disjoint from each other, train words drawn
+uniformly from the others, so no held-out word is trained on), or read from the paper's published
+files (``<data_dir>/word_problems/A5=16.csv``: a header ``seed,input,target``, then one word per
+line as space-separated element ids with its running products). The files number elements their
+own way; the reader checks that the running products are consistent with one multiplication table
+and keeps the file's ids.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +25,10 @@ import torch
 from ssm_lab.data.groups import GROUPS, cycle_notation, multiplication_table, running_products
 from ssm_lab.data.loading import SplitDataModule, TensorDictDataset
 from ssm_lab.data.spec import TaskSpec
+from ssm_lab.data.text_files import utf8_lines
 from ssm_lab.validation import check_positive
+
+log = logging.getLogger(__name__)
 
 #: How the paper's repository names each group's files: ``<stem>=<length>.csv``.
 FILE_STEMS = {"A5": "A5", "S5": "S5", "A4xZ5": "A4_x_Z5", "Z60": "Z60"}
@@ -47,32 +53,32 @@ def _ids(text: str, order: int, path: Path, line: int, column: str) -> list[int]
 def read_word_problem_csv(path: Path, order: int, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     """(words, products): (N, seq_len) int64 each, from a file of the paper's format. Raises
     naming the file and line for a malformed row, a wrong length, or running products that no
-    group table explains (the same pair of elements with two different products)."""
+    group table explains (the same pair of elements with two different products), or a byte that
+    is not UTF-8."""
     words, products, table = [], [], {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        missing = {"input", "target"} - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path}:1: header needs columns input and target, got {reader.fieldnames}")
-        for row in reader:
-            line = reader.line_num
-            word = _ids(row["input"] or "", order, path, line, "input")
-            product = _ids(row["target"] or "", order, path, line, "target")
-            if len(word) != seq_len or len(product) != seq_len:
-                raise ValueError(
-                    f"{path}:{line}: need {seq_len} ids in input and target, got {len(word)} and {len(product)}"
-                )
-            if product[0] != word[0]:
-                raise ValueError(
-                    f"{path}:{line}: the first running product {product[0]} is not the first element {word[0]}"
-                )
-            for t in range(1, seq_len):
-                known = table.setdefault((product[t - 1], word[t]), product[t])
-                if known != product[t]:
-                    pair = f"{product[t - 1]} . {word[t]}"
-                    raise ValueError(f"{path}:{line}: {pair} = {product[t]} here but {known} earlier in the file")
-            words.append(word)
-            products.append(product)
+    reader = csv.DictReader(utf8_lines(path))
+    missing = {"input", "target"} - set(reader.fieldnames or ())
+    if missing:
+        raise ValueError(f"{path}:1: header needs columns input and target, got {reader.fieldnames}")
+    for row in reader:
+        line = reader.line_num
+        word = _ids(row["input"] or "", order, path, line, "input")
+        product = _ids(row["target"] or "", order, path, line, "target")
+        if len(word) != seq_len or len(product) != seq_len:
+            raise ValueError(
+                f"{path}:{line}: need {seq_len} ids in input and target, got {len(word)} and {len(product)}"
+            )
+        if product[0] != word[0]:
+            raise ValueError(
+                f"{path}:{line}: the first running product {product[0]} is not the first element {word[0]}"
+            )
+        for t in range(1, seq_len):
+            known = table.setdefault((product[t - 1], word[t]), product[t])
+            if known != product[t]:
+                pair = f"{product[t - 1]} . {word[t]}"
+                raise ValueError(f"{path}:{line}: {pair} = {product[t]} here but {known} earlier in the file")
+        words.append(word)
+        products.append(product)
     if not words:
         raise ValueError(f"{path}: no words in the file")
     return np.asarray(words, dtype=np.int64), np.asarray(products, dtype=np.int64)
@@ -83,9 +89,14 @@ class WordProblemDataModule(SplitDataModule):
     "targets": (B, L) running-product ids}. ``seed`` fixes the data (the same for every model
     seed); ``shuffle_seed`` the batch order.
 
-    ``source``: "generate" draws uniformly random words; "file" reads the paper's CSV for this
-    group and length from ``data_dir`` (shuffled by ``seed``, then cut into test, val and train);
-    "auto" reads the file when it exists and generates otherwise."""
+    ``source``: "generate" draws random words (``draw_words``): ``num_test`` distinct test words,
+    ``num_val`` distinct val words that are not test words, then ``num_train`` train words uniform
+    over the words in neither split (repeats allowed), each split from its own stream seeded by
+    (seed, split), so val and test do not change with ``num_train``. The |G|^seq_len words must
+    hold the held-out ones with some left to train on (A5 at seq_len 2: 3600 words). "file" reads
+    the paper's CSV for this group and length from ``data_dir``, shuffled by ``seed`` and cut into
+    test, val and (up to num_train: a warning says when the file holds fewer) train. "auto" reads the file
+    when it exists and generates otherwise."""
 
     def __init__(
         self,
@@ -118,10 +129,17 @@ class WordProblemDataModule(SplitDataModule):
                 f"(see data_dir/README.md) or use source=generate"
             )
         self.from_file = source == "file" or (source == "auto" and self.file.exists())
+        words = len(self.elements) ** seq_len
+        if not self.from_file and num_val + num_test >= words:
+            raise ValueError(
+                f"{group} has {len(self.elements)}^{seq_len} = {words} distinct words of length {seq_len}: too few "
+                f"for {num_test} test and {num_val} val words that are distinct and leave words to train on; "
+                f"lower num_val and num_test or raise seq_len"
+            )
         # the files' ids are not our element order, so they are named by id
         names = (str(i) for i in range(len(self.elements))) if self.from_file else map(cycle_notation, self.elements)
         self.vocab = tuple(names)
-        self._file_splits: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+        self._splits: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
 
     @property
     def spec(self) -> TaskSpec:
@@ -131,29 +149,49 @@ class WordProblemDataModule(SplitDataModule):
         )
 
     def build_split(self, split: str) -> TensorDictDataset:
-        words, products = self._read_split(split) if self.from_file else self._generate_split(split)
+        if self._splits is None:
+            self._splits = self._read_splits() if self.from_file else self._generate_splits()
+        words, products = self._splits[split]
         return TensorDictDataset(inputs=torch.from_numpy(words), targets=torch.from_numpy(products))
 
-    def _generate_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        """Words drawn uniformly at random; each split from its own seeded stream."""
-        rng = np.random.default_rng([self.seed, self.splits.index(split)])
-        words = rng.integers(0, len(self.elements), size=(self.sizes[split], self.seq_len))
-        return words, running_products(words, self.table)
+    def _generate_splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        held_out: set[bytes] = set()
+        splits = {}
+        for split in ("test", "val", "train"):
+            rng = np.random.default_rng([self.seed, self.splits.index(split)])
+            words = draw_words(rng, self.sizes[split], self.seq_len, len(self.elements), held_out, split != "train")
+            splits[split] = words, running_products(words, self.table)
+        return splits
 
-    def _read_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-        if self._file_splits is None:
-            words, products = read_word_problem_csv(self.file, len(self.elements), self.seq_len)
-            held_out = self.sizes["test"] + self.sizes["val"]
-            if len(words) <= held_out:
-                raise ValueError(
-                    f"{self.file} holds {len(words)} words, too few for {self.sizes['test']} test "
-                    f"and {self.sizes['val']} val words plus a training set"
-                )
-            order = np.random.default_rng(self.seed).permutation(len(words))
-            cuts = {
-                "test": order[: self.sizes["test"]],
-                "val": order[self.sizes["test"] : held_out],
-                "train": order[held_out : held_out + self.sizes["train"]],
-            }
-            self._file_splits = {name: (words[rows], products[rows]) for name, rows in cuts.items()}
-        return self._file_splits[split]
+    def _read_splits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        words, products = read_word_problem_csv(self.file, len(self.elements), self.seq_len)
+        test, val, train = self.sizes["test"], self.sizes["val"], self.sizes["train"]
+        if len(words) <= test + val:
+            raise ValueError(
+                f"{self.file} holds {len(words)} words, too few for {test} test and {val} val words plus a "
+                f"training set; lower num_val or num_test, or use source=generate"
+            )
+        if len(words) < test + val + train:  # the paper's files set the training set's size: said, not silent
+            log.warning(
+                "%s holds %d words: training on the %d left after %d test and %d val words, not num_train=%d",
+                self.file, len(words), len(words) - test - val, test, val, train,
+            )  # fmt: skip
+        order = np.random.default_rng(self.seed).permutation(len(words))
+        cuts = {"test": order[:test], "val": order[test : test + val], "train": order[test + val : test + val + train]}
+        return {name: (words[rows], products[rows]) for name, rows in cuts.items()}
+
+
+def draw_words(
+    rng: np.random.Generator, count: int, seq_len: int, order: int, exclude: set[bytes], distinct: bool
+) -> np.ndarray:
+    """(count, seq_len) int64 words uniform over the order^seq_len words not in ``exclude`` (keys:
+    ``word.tobytes()``): rejection sampling, each rejected word redrawn from ``rng``. ``distinct``:
+    no word twice, and the drawn words join ``exclude`` (a sample without replacement); else
+    i.i.d. draws. Without a rejection the words are rng's first draw as it is."""
+    words = rng.integers(0, order, size=(count, seq_len))
+    for word in words:
+        while (key := word.tobytes()) in exclude:
+            word[:] = rng.integers(0, order, size=seq_len)
+        if distinct:
+            exclude.add(key)
+    return words

@@ -15,9 +15,11 @@ VOLTS_TO_MV = 1e3
 METRES_TO_MM = 1e3
 
 
-def read_mat(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """The named variables of a MATLAB file, flattened to 1-D; errors name the file and what is
-    wrong (unreadable, a variable missing or not numeric)."""
+def read_mat(path: Path, names: tuple[str, ...], min_samples: int = 1) -> dict[str, np.ndarray]:
+    """The named variables of a MATLAB file as 1-D float64 arrays. Each must be a vector (shape
+    (n,), (n, 1) or (1, n): a matrix is never flattened into one signal) of at least
+    ``min_samples`` values. Errors name the file and what is wrong (unreadable; a variable
+    missing, not numeric, not a vector or too short, with its shape)."""
     from scipy.io import loadmat  # only the file loaders need scipy.io
 
     try:
@@ -32,8 +34,24 @@ def read_mat(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
         value = np.asarray(contents[name])
         if not np.issubdtype(value.dtype, np.number):
             raise ValueError(f"{path}: variable {name!r} is not numeric (dtype {value.dtype})")
+        if value.size < min_samples:
+            raise ValueError(
+                f"{path}: variable {name!r} holds {value.size} value(s) (shape {value.shape}); "
+                f"need at least {min_samples}"
+            )
+        if value.ndim > 2 or (value.ndim == 2 and 1 not in value.shape):
+            raise ValueError(
+                f"{path}: variable {name!r} must be a vector ((n,), (n, 1) or (1, n)), got shape {value.shape}"
+            )
         variables[name] = value.astype(np.float64).ravel()
     return variables
+
+
+def _one_value(path: Path, name: str, values: np.ndarray) -> float:
+    """The value of a variable that holds one number (a sampling time or frequency)."""
+    if len(values) != 1:
+        raise ValueError(f"{path}: variable {name!r} must hold one value, got {len(values)}")
+    return float(values[0])
 
 
 def _same_length(path: Path, **signals: np.ndarray) -> None:
@@ -47,7 +65,8 @@ def wiener_hammerstein_files(directory: Path) -> dict[str, Record]:
     path = directory / "WienerHammerBenchMark.mat"
     v = read_mat(path, ("uBenchMark", "yBenchMark", "fs"))
     _same_length(path, uBenchMark=v["uBenchMark"], yBenchMark=v["yBenchMark"])
-    full = Record(column(v["uBenchMark"]), column(v["yBenchMark"] * VOLTS_TO_MV), 1 / v["fs"][0], str(path))
+    sampling_time = 1 / _one_value(path, "fs", v["fs"])
+    full = Record(column(v["uBenchMark"]), column(v["yBenchMark"] * VOLTS_TO_MV), sampling_time, str(path))
     data = full[5200:184000]
     return {"train": data[:100000], "test": data[100000:]}
 
@@ -75,7 +94,7 @@ def cascaded_tanks_files(directory: Path) -> dict[str, Record]:
     v = read_mat(path, ("uEst", "uVal", "yEst", "yVal", "Ts"))
     _same_length(path, uEst=v["uEst"], yEst=v["yEst"])
     _same_length(path, uVal=v["uVal"], yVal=v["yVal"])
-    ts = float(v["Ts"][0])
+    ts = _one_value(path, "Ts", v["Ts"])
     return {
         "train": Record(column(v["uEst"]), column(v["yEst"]), ts, f"{path} (Est)"),
         "test": Record(column(v["uVal"]), column(v["yVal"]), ts, f"{path} (Val)"),
@@ -87,7 +106,7 @@ def emps_files(directory: Path) -> dict[str, Record]:
     records = {}
     for split, name in (("train", "DATA_EMPS.mat"), ("test", "DATA_EMPS_PULSES.mat")):
         path = directory / name
-        v = read_mat(path, ("qm", "vir", "t"))
+        v = read_mat(path, ("qm", "vir", "t"), min_samples=2)  # the sampling time is t[1] - t[0]
         _same_length(path, qm=v["qm"], vir=v["vir"], t=v["t"])
         records[split] = Record(
             column(v["vir"]), column(v["qm"] * METRES_TO_MM), float(v["t"][1] - v["t"][0]), str(path)
