@@ -247,7 +247,7 @@ def test_missing_runs_are_named_and_the_figure_marked_incomplete(tmp_path):
     written, missing = make_figure(a5_min_depth, session)
 
     assert [str(r) for r in missing] == ["model=lru model.n_layers=1 data.seq_len=5"]
-    figures, name = tmp_path / "results" / "figures", "a5_min_depth--models-lru"  # a subset of the models
+    figures, name = tmp_path / "results" / "figures" / "smoke", "a5_min_depth--models-lru"  # a subset of the models
     assert (figures / f"{name}.missing.txt").read_text() == "missing: model=lru model.n_layers=1 data.seq_len=5\n"
     assert any("missing run: model=lru model.n_layers=1 data.seq_len=5" in line for line in lines)
     assert {p.name for p in written} >= {f"{name}_figure.png", f"{name}_figure.pdf", f"{name}_table.csv"}
@@ -265,8 +265,19 @@ def test_models_without_a_config_are_reported_not_dropped(tmp_path):
     written, missing = make_figure(figure, session)
     assert missing == []
     assert "skipped model 'no_such_model': no configs/model/no_such_model.yaml" in " ".join(lines)
-    note = tmp_path / "results" / "figures" / "fake.missing.txt"
+    note = tmp_path / "results" / "figures" / "smoke" / "fake.missing.txt"
     assert written == [note] and "unavailable model (no config): model=no_such_model" in note.read_text()
+
+
+def test_drawings_of_two_scales_never_replace_each_other_and_models_must_exist(tmp_path):
+    record_listops(Session("smoke", tmp_path / "results", tmp_path / "data", launch=False, log=print))
+    for scale in ("smoke", "paper"):
+        make_figure(listops, Session(scale, tmp_path / "results", tmp_path / "data", launch=False))
+    smoke, paper = (tmp_path / "results" / "figures" / scale for scale in ("smoke", "paper"))
+    assert "listops_figure.png" in {p.name for p in smoke.iterdir()}  # complete at smoke
+    assert {p.name for p in paper.iterdir()} == {"listops.missing.txt"}  # no paper run: nothing drawn over it
+    with pytest.raises(ValueError, match="unknown model 'modle'; choose one of gru, ids4"):
+        Session("smoke", tmp_path / "results", tmp_path / "data", models=("lru", "modle"))
 
 
 def record_listops(session: Session) -> None:
@@ -282,7 +293,7 @@ def test_a_redraw_without_finished_runs_leaves_no_earlier_figure_or_table(tmp_pa
     session = Session("smoke", tmp_path / "results", tmp_path / "data", launch=False, log=lines.append)
     record_listops(session)
     written, missing = make_figure(listops, session)
-    figures = tmp_path / "results" / "figures"
+    figures = tmp_path / "results" / "figures" / "smoke"
     drawn = {"listops_figure.png", "listops_figure.pdf", "listops_table.csv", "listops_table.md"}
     assert missing == [] and {p.name for p in written} == {p.name for p in figures.iterdir()} == drawn
 
@@ -314,7 +325,7 @@ def test_variants_are_saved_beside_the_default_drawing_never_over_it(tmp_path):
     session = Session("smoke", tmp_path / "results", tmp_path / "data", launch=False, log=lambda line: None)
     record_listops(session)
     make_figure(listops, session)
-    figures = tmp_path / "results" / "figures"
+    figures = tmp_path / "results" / "figures" / "smoke"
     default = {p.name: p.read_bytes() for p in figures.iterdir()}
 
     written, missing = make_figure(listops, replace(session, models=("lru", "s4")))
@@ -437,7 +448,7 @@ def test_make_figures_smoke_end_to_end_then_redraws_without_training(tmp_path, m
     assert main(arguments) == 0
     output = capfd.readouterr().out
     assert output.count("[ssm_lab] completed:") == 2
-    figures, name = results / "figures", "a5_min_depth--models-lru-rnn"
+    figures, name = results / "figures" / "smoke", "a5_min_depth--models-lru-rnn"
     assert {p.name for p in figures.iterdir()} == {f"{name}_figure.{s}" for s in ("png", "pdf")} | {
         f"{name}_table.{s}" for s in ("csv", "md")
     }
@@ -484,7 +495,7 @@ def test_every_other_figure_runs_end_to_end_at_smoke(figure, model, tmp_path, mo
 
     assert main(arguments) == 0
     assert capfd.readouterr().out.count("[ssm_lab] completed:") == len(expected) > 0
-    files = {p.name for p in (results / "figures").iterdir()}
+    files = {p.name for p in (results / "figures" / "smoke").iterdir()}
     assert files and all(name.startswith(f"{figure}--models-{model}_") for name in files)
     stems = {name.rsplit(".", 1)[0] for name in files}
     pictures = {stem for stem in stems if f"{stem}.png" in files}
@@ -492,4 +503,4 @@ def test_every_other_figure_runs_end_to_end_at_smoke(figure, model, tmp_path, mo
     assert pictures and all(f"{stem}.pdf" in files for stem in pictures)
     assert tables and all(f"{stem}.md" in files for stem in tables)
     for stem in tables:
-        assert model in (results / "figures" / f"{stem}.csv").read_text(), stem
+        assert model in (results / "figures" / "smoke" / f"{stem}.csv").read_text(), stem
