@@ -171,7 +171,10 @@ def _without_lightning_hints() -> Iterator[None]:
 
 
 def _run(cfg: DictConfig, callbacks: Sequence[L.Callback]) -> dict[str, Any]:
+    auto_source = OmegaConf.select(cfg, "data.source") == "auto"
     cfg = finalize(cfg)
+    if auto_source:  # the run records the source that auto picked (ssm_lab.config.resolve_data_source)
+        print(f"[ssm_lab] data.source=auto: {cfg.data.source}, from what is in {cfg.data.data_dir}")
     _check_run_values(cfg)
     path = run_dir(cfg)
     if summary := _completed(path):

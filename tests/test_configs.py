@@ -153,3 +153,27 @@ def test_non_finite_loss_fails_the_run_with_the_reason(make_config, train):
 
 def test_config_dir_is_the_repository_configs():
     assert CONFIG_DIR == Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_an_auto_data_source_is_recorded_and_identified_as_the_source_it_picks(tmp_path):
+    """source=auto is resolved when the config is finalised: a run on generated data and one on the benchmark's
+    files, once they are in data_dir, are two runs, and each config records which it read."""
+    from ssm_lab.config import compose_config
+    from ssm_lab.data.listops import TSV_FILES
+    from ssm_lab.data.word_problems import word_problem_file
+    from ssm_lab.results import run_dir
+
+    data_dir = tmp_path / "data"
+    cases = {
+        ("data=listops", "scale=paper"): ("generate", "tsv", [data_dir / "listops" / n for n in TSV_FILES.values()]),
+        ("data=A5", "scale=paper"): ("generate", "file", [word_problem_file(data_dir, "A5", 20)]),
+        ("data=silverbox", "scale=paper"): ("simulate", "file", [data_dir / "sysid" / "silverbox" / "SNLS80mV.mat"]),
+    }
+    for overrides, (before, after, files) in cases.items():
+        first = compose_config([*overrides, f"data_dir={data_dir}"])
+        for file in files:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.touch()
+        second = compose_config([*overrides, f"data_dir={data_dir}"])
+        assert (first.data.source, second.data.source) == (before, after), overrides
+        assert run_dir(first) != run_dir(second)

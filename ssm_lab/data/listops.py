@@ -24,8 +24,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import random
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -412,7 +414,7 @@ class ListOpsDataModule(SplitDataModule):
         if source not in SOURCES:
             raise ValueError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
         self.directory = Path(data_dir) / "listops"
-        self.source = self._resolve_source(source)
+        self.source = self._resolve_source(source, data_dir)
         if self.source == "generate":  # fail at configuration time, not after the trainer is built
             check_generation_options(num_train + num_val + num_test, min_length, max_length, max_depth, max_args)
         self.generation = {
@@ -427,18 +429,24 @@ class ListOpsDataModule(SplitDataModule):
         }
         self._packed: dict[str, dict[str, np.ndarray]] | None = None
 
-    def _resolve_source(self, source: str) -> str:
+    @staticmethod
+    def auto_source(data: Mapping[str, Any]) -> str:
+        """The source "auto" picks for the data config ``data``: "tsv" when the LRA files are all in
+        ``data_dir/listops``, else "huggingface" when a saved copy is there, else "generate"."""
+        directory = Path(data.get("data_dir", "data_dir")) / "listops"
+        if all((directory / name).exists() for name in TSV_FILES.values()):
+            return "tsv"
+        return "huggingface" if (directory / "huggingface").exists() else "generate"
+
+    def _resolve_source(self, source: str, data_dir: str) -> str:
         tsv_missing = [name for name in TSV_FILES.values() if not (self.directory / name).exists()]
-        hf_missing = not (self.directory / "huggingface").exists()
         if source == "tsv" and tsv_missing:
             raise FileNotFoundError(f"no LRA ListOps files {tsv_missing} in {self.directory}; see data_dir/README.md")
-        if source == "huggingface" and hf_missing:
+        if source == "huggingface" and not (self.directory / "huggingface").exists():
             raise FileNotFoundError(
                 f"no saved Hugging Face dataset at {self.directory / 'huggingface'}; see data_dir/README.md"
             )
-        if source == "auto":
-            return "tsv" if not tsv_missing else "huggingface" if not hf_missing else "generate"
-        return source
+        return self.auto_source({"data_dir": data_dir}) if source == "auto" else source
 
     @property
     def spec(self) -> TaskSpec:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -128,7 +130,7 @@ class WordProblemDataModule(SplitDataModule):
                 f"no word-problem file at {self.file}; put the paper's {self.file.name} there "
                 f"(see data_dir/README.md) or use source=generate"
             )
-        self.from_file = source == "file" or (source == "auto" and self.file.exists())
+        self.from_file = source == "file" or (source == "auto" and self.file.exists())  # as auto_source says
         words = len(self.elements) ** seq_len
         if not self.from_file and num_val + num_test >= words:
             raise ValueError(
@@ -140,6 +142,15 @@ class WordProblemDataModule(SplitDataModule):
         names = (str(i) for i in range(len(self.elements))) if self.from_file else map(cycle_notation, self.elements)
         self.vocab = tuple(names)
         self._splits: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+
+    @staticmethod
+    def auto_source(data: Mapping[str, Any]) -> str:
+        """The source "auto" picks for the data config ``data``: "file" when the paper's file of its group and
+        length is in ``data_dir``, else "generate" ("auto" itself for an unknown group)."""
+        if data["group"] not in GROUPS:  # the constructor names the groups
+            return "auto"
+        file = word_problem_file(data.get("data_dir", "data_dir"), data["group"], data["seq_len"])
+        return "file" if file.exists() else "generate"
 
     @property
     def spec(self) -> TaskSpec:

@@ -11,7 +11,9 @@ reported in the benchmark's units.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,6 +69,10 @@ def cached_simulation(benchmark: Benchmark, seed: int, record_length: int | None
     }
 
 
+def _missing_files(benchmark: Benchmark, directory: Path) -> list[str]:
+    return [name for name in benchmark.files if not (directory / name).exists()]
+
+
 class SysIdDataModule(SplitDataModule):
     """Batches: train {"inputs": (B, window, d_u), "targets": (B, window, d_y)}; val and test
     one sequence each, (1, L, d). ``source``: "file" reads the official files from
@@ -109,11 +115,11 @@ class SysIdDataModule(SplitDataModule):
             test_record,
         )
         self.seed, self.directory = seed, Path(data_dir) / "sysid" / benchmark
-        missing = [name for name in self.benchmark.files if not (self.directory / name).exists()]
+        missing = _missing_files(self.benchmark, self.directory)
         where = f"put {', '.join(self.benchmark.files)} in {self.directory} (see data_dir/README.md)"
         if source == "file" and missing:
             raise FileNotFoundError(f"{benchmark}: missing {', '.join(missing)}; {where} or use source=simulate")
-        self.from_files = source == "file" or (source == "auto" and not missing)
+        self.from_files = source == "file" or (source == "auto" and not missing)  # as auto_source says
         if source == "auto" and missing:
             log.warning(
                 "%s: official files not found, using the %s instead; to use them, %s",
@@ -122,6 +128,16 @@ class SysIdDataModule(SplitDataModule):
                 where,
             )
         self._splits: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+
+    @staticmethod
+    def auto_source(data: Mapping[str, Any]) -> str:
+        """The source "auto" picks for the data config ``data``: "file" when all the benchmark's official files
+        are in ``data_dir/sysid/<benchmark>``, else "simulate" ("auto" itself for an unknown benchmark, which
+        the constructor names)."""
+        if data["benchmark"] not in BENCHMARKS:
+            return "auto"
+        directory = Path(data.get("data_dir", "data_dir")) / "sysid" / data["benchmark"]
+        return "simulate" if _missing_files(BENCHMARKS[data["benchmark"]], directory) else "file"
 
     def _records(self) -> dict[str, Record]:
         cache = self.directory
