@@ -8,7 +8,8 @@ the term, the third order S^{123} needing depth or a nonlinearity, while LTI mod
 near the predict-zero line; ssm_lab's DeepSSM cores (lru, l2n, tv) are put beside them.
 
 Every model but the LCDE runs with and without the nonlinearity: the backbone models (S4, S5,
-Mamba) with GLU mixing or a plain Linear (model.nonlinear), the DeepSSM cores with their certified
+Mamba) with GLU mixing, or a plain Linear and no LayerNorm (model.nonlinear=false, model.norm=none: no
+nonlinearity between the cores), the DeepSSM cores with their certified
 LGLU or the certified linear static layer (model.ff=Linear, ||W||_2 bounded, no nonlinearity). The
 LCDE has no mixing, as in the paper. Smoke runs the DeepSSM core with LGLU only.
 
@@ -54,8 +55,10 @@ def needed_runs(scale: str, done: pd.DataFrame) -> list[Run]:
         data = {"data.dim": dim}
         for depth in sweep["depths"]:
             for model in sweep["backbone"]:
+                linear = {"model.nonlinear": False, "model.norm": "none"}  # a LayerNorm is a nonlinearity too
                 runs += [
-                    run(model=model, **data, **{"model.n_layers": depth, "model.nonlinear": nl}) for nl in (True, False)
+                    run(model=model, **data, **{"model.n_layers": depth, "model.nonlinear": True}),
+                    run(model=model, **data, **{"model.n_layers": depth, **linear}),
                 ]
             runs.append(run(model=LCDE, **data, **CONTROL, **{"model.n_layers": depth}))
             runs += [

@@ -118,9 +118,16 @@ class SequenceTask(L.LightningModule):
         return loss
 
     def _fit_readout(self, batch: dict[str, Tensor]) -> None:
-        """Add the batch to the normal equations and set the decoder to their solution."""
+        """Add the batch to the normal equations and set the decoder to their solution. The features are the
+        evaluation ones (dropout off): the readout is solved for the features it will read."""
+        training = self.model.training
         with torch.no_grad():
-            features, targets = self._counted(batch, self.model.features(batch["inputs"], **self._model_inputs(batch)))
+            self.model.eval()
+            try:
+                features = self.model.features(batch["inputs"], **self._model_inputs(batch))
+            finally:
+                self.model.train(training)
+            features, targets = self._counted(batch, features)
             if self.spec.is_classification:
                 targets = nn.functional.one_hot(targets, self.spec.d_output)
             self.least_squares.update(features, targets.reshape(len(features), -1))

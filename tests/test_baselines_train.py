@@ -72,6 +72,47 @@ def test_no_residual_block_is_the_bare_core():
     torch.testing.assert_close(model(x), model.decoder(core_output))
 
 
+@pytest.mark.parametrize("core", [lambda d_model: S5(d_model, d_state=4), lambda d_model: S4D(d_model, d_state=4)])
+def test_a_stack_without_nonlinearity_is_affine(core):
+    """nonlinear=False, norm=none: the blocks of linear cores compose to an affine map of the whole input sequence,
+    f(a x + b y) = a f(x) + b f(y) + (1 - a - b) f(0); with a LayerNorm left in, it would not be."""
+    torch.manual_seed(0)
+    model = Backbone(SPEC, core, d_model=8, n_layers=3, nonlinear=False, norm="none").double()
+    x, y = torch.randn(2, 2, 5, 3, dtype=torch.float64)
+    f = model
+    torch.testing.assert_close(f(2.5 * x - 0.7 * y), 2.5 * f(x) - 0.7 * f(y) - 0.8 * f(torch.zeros_like(x)))
+    with pytest.raises(ValueError, match="nonlinear=False .* norm='pre' keeps a LayerNorm .* set norm=none"):
+        Backbone(SPEC, core, d_model=8, nonlinear=False)
+
+
+class _Ones(torch.nn.Module):
+    """A core that outputs ones."""
+
+    modes = ("scan",)
+
+    def forward(self, x, **_):
+        return torch.ones_like(x), None
+
+
+def test_dropout_is_applied_once_without_mixing():
+    torch.manual_seed(0)
+    model = Backbone(SPEC, lambda d_model: _Ones(), d_model=64, mixing="none", norm="none", dropout=0.5)
+    out = model.blocks[0].train()(torch.zeros(1, 1000, 64))[0]
+    # one Dropout(0.5): half zeroed, the rest doubled (twice: three quarters zeroed, the rest times 4)
+    assert set(out.unique().tolist()) == {0.0, 2.0} and 0.45 < float((out == 0).float().mean()) < 0.55
+
+
+def test_least_squares_readout_is_fitted_on_the_features_it_will_read(train):
+    """Dropout is off when the features are read for the normal equations, as when the fitted readout is used:
+    the fit, and so every val and test metric, is that of the model without dropout (train metrics are taken
+    with dropout on)."""
+    with_dropout = train("model=lcde_random_ols", "model.dropout=0.3", *SHORT)["final"]
+    without = train("model=lcde_random_ols", *SHORT)["final"]
+    held_out = [key for key in without if not key.startswith("train/")]
+    assert len(held_out) == 4
+    assert {key: with_dropout[key] for key in held_out} == {key: without[key] for key in held_out}
+
+
 def test_least_squares_backbone_has_nothing_to_train():
     model = Backbone(SPEC, lambda d_model: S5(d_model, d_state=4), d_model=8, readout="least_squares")
     assert not any(p.requires_grad for p in model.parameters())

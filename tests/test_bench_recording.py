@@ -47,3 +47,26 @@ def test_the_commit_says_dirty_when_the_tree_differs_from_it(tmp_path, monkeypat
     assert _git_commit() == clean
     (tmp_path / "file.txt").write_text("two\n")
     assert _git_commit() == f"{clean}-dirty"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["ssm_lab.bench.streaming", "--repeats", "0"], "argument --repeats: must be a positive integer, got '0'"),
+        (["ssm_lab.bench.cores", "--batch", "0"], "argument --batch: must be a positive integer, got '0'"),
+        (["ssm_lab.bench.deep_ssm_cpu", "--modes", "Scan"], "argument --modes: invalid choice: 'Scan'"),
+        (["ssm_lab.bench.overhead", "--steps", "10", "--warmup", "10"], "--warmup must be in 0..steps - 1 = 9"),
+        (
+            ["ssm_lab.bench.overhead", "--out", "unused.jsonl", "data=silverbox"],
+            "the bare loop computes the per-token cross-entropy of a word problem; data=silverbox is step_regression",
+        ),
+    ],
+)
+def test_benchmark_options_are_checked_before_anything_runs(arguments, message, tmp_path):
+    """A typo or a zero used to run nothing and exit 0, or fail deep inside (an FFT error for --batch 0)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", *arguments], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode != 0 and message in done.stderr, done.stderr[-2000:]
+    assert not list(tmp_path.rglob("*.jsonl"))  # no record written

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ssm_lab.bench.recording import append_records, results_path
+from ssm_lab.bench.recording import append_records, positive_int, results_path
 from ssm_lab.cores.ids4 import IDS4
 from ssm_lab.cores.lcde import LinearCDE
 from ssm_lab.cores.mamba import Mamba
@@ -125,12 +125,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cores", default="all", help="all, or a comma list of name[:mode]")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch.set_num_threads)")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--length", type=int, default=1024)
-    parser.add_argument("--d-model", type=int, default=64)
-    parser.add_argument("--d-state", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=positive_int, default=2, help="CPU threads (torch.set_num_threads)")
+    parser.add_argument("--batch", type=positive_int, default=16)
+    parser.add_argument("--length", type=positive_int, default=1024)
+    parser.add_argument("--d-model", type=positive_int, default=64)
+    parser.add_argument("--d-state", type=positive_int, default=64)
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument(
         "--default-allocator", action="store_true", help="CPU: glibc's defaults, not a training run's setting"
     )

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ssm_lab.bench.recording import append_records, results_path
+from ssm_lab.bench.recording import append_records, positive_int, results_path
 from ssm_lab.models import DeepSSM
 
 SETTINGS = [  # (param, gamma, our ff, neural-ssm's ff)
@@ -78,11 +78,12 @@ def build(library: str, param: str, gamma: float | None, ff: str, sizes: dict) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--length", type=int, default=1024)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--modes", nargs="+", default=["scan", "chunked", "conv", "loop"])
+    parser.add_argument("--length", type=positive_int, default=1024)
+    parser.add_argument("--batch", type=positive_int, default=16)
+    parser.add_argument("--repeat", type=positive_int, default=3)
+    parser.add_argument("--threads", type=positive_int, default=2)
+    modes = ["scan", "chunked", "conv", "loop"]
+    parser.add_argument("--modes", nargs="+", default=modes, choices=modes, help="(conv: the LTI cores only)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

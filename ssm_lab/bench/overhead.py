@@ -1,20 +1,21 @@
 """Training-step overhead of the Lightning run vs a bare PyTorch loop on the same model, data,
 optimizer and schedule. Goal: <= 1.1x.
 
-python -m ssm_lab.bench.overhead [--steps 60] [hydra overrides ...]
-Appends one JSON line to benchmarks/results/<date>-<device>.jsonl.
+python -m ssm_lab.bench.overhead [--steps 60] [--out FILE] [hydra overrides ...]   (a word-problem dataset)
+Appends one JSON line to benchmarks/results/<date>-<device>.jsonl (or --out).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
 
-from ssm_lab.bench.recording import append_records, results_path
+from ssm_lab.bench.recording import append_records, positive_int, results_path
 from ssm_lab.config import compose_config
 from ssm_lab.task import SequenceTask
 
@@ -37,6 +38,11 @@ class StepTimer(L.Callback):
 def build(cfg):
     L.seed_everything(cfg.seed, verbose=False)
     datamodule = instantiate(cfg.data)
+    if datamodule.spec.output_kind != "token_class":  # what bare_step_time's loss computes
+        raise ValueError(
+            f"the bare loop computes the per-token cross-entropy of a word problem; data={cfg.choices.data} is "
+            f"{datamodule.spec.output_kind}: choose data=A5, S5, A4xZ5 or Z60"
+        )
     datamodule.setup("fit")
     model = instantiate(cfg.model)(spec=datamodule.spec)
     task = SequenceTask(
@@ -100,11 +106,15 @@ def bare_step_time(cfg, steps: int, warmup: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--steps", type=positive_int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the fastest of each is kept")
+    rounds_help = "alternating rounds; the fastest of each is kept"
+    parser.add_argument("--rounds", type=positive_int, default=3, help=rounds_help)
+    parser.add_argument("--out", type=Path, default=None, help="jsonl to append to (default: benchmarks/results/)")
     parser.add_argument("overrides", nargs="*", help="hydra overrides (default: a 2-layer d_model=128 A5 run)")
     args = parser.parse_args()
+    if not 0 <= args.warmup < args.steps:
+        parser.error(f"--warmup must be in 0..steps - 1 = {args.steps - 1}, got {args.warmup}")
     cfg = compose_config([*DEFAULT_OVERRIDES, *args.overrides])
     # alternate the two and keep each one's best round, so a busy machine penalises neither
     bare_rounds, lightning_rounds = [], []
@@ -122,7 +132,7 @@ def main() -> None:
         "ratio": lightning / bare,
         "torch_threads": torch.get_num_threads(),
     }
-    append_records([result], results_path(gpu=False), gpu=False)  # a CPU-side measurement
+    append_records([result], args.out or results_path(gpu=False), gpu=False)  # a CPU-side measurement
     print(f"bare {1e3 * bare:.2f} ms/step, lightning {1e3 * lightning:.2f} ms/step, ratio {lightning / bare:.3f}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import platform
@@ -98,3 +99,14 @@ def peak_gib(fn: Callable[[], object]) -> float:
     fn()
     torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated() - before) / 2**30
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for sizes and counts: a positive integer, else a usage error naming the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0 or str(value) != text.strip():
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value

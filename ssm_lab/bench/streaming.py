@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ssm_lab.bench.recording import append_records, results_path
+from ssm_lab.bench.recording import append_records, positive_int, results_path
 from ssm_lab.cores.l2n import L2N
 from ssm_lab.cores.l2ru import L2RU
 from ssm_lab.cores.lru import LRU
@@ -65,10 +65,10 @@ def measure(name: str, width: int, device: torch.device, repeats: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--width", type=int, default=256, help="d_model = d_state")
+    parser.add_argument("--width", type=positive_int, default=256, help="d_model = d_state")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2, help="CPU threads")
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--threads", type=positive_int, default=2, help="CPU threads")
+    parser.add_argument("--repeats", type=positive_int, default=50)
     parser.add_argument("--out", type=Path, default=None, help="jsonl to append to (default: benchmarks/results/)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

@@ -4,8 +4,10 @@ decoder. The block follows the protocol of the Linear-CDE paper (Cirone et al. 2
     post-norm:  x <- LayerNorm(x + Dropout(Mix(Dropout(Core(x)))))
     pre-norm:   x <- x + Dropout(Mix(Dropout(Core(LayerNorm(x)))))
 
-Mix is GLU, MLP or nothing; ``nonlinear=False`` replaces it with a Linear(H, H) so a stack of
-blocks is a composition of linear recurrences (the ablation of their Figure 1); ``residual=False``
+Mix is GLU, MLP or nothing (then one Dropout); ``nonlinear=False`` replaces it with a Linear(H, H) so
+that, with ``norm="none"`` (required: a LayerNorm is a nonlinearity too), a stack of blocks of linear
+cores is an affine map (linear up to the biases) of its input: the ablation of their Figure 1;
+``residual=False``
 drops the skip connection (their A5LinearCDE: embedding -> Linear CDE -> norm -> readout).
 
 ``readout="least_squares"`` freezes everything but the decoder, which the task fits in closed form
@@ -55,7 +57,7 @@ class Block(nn.Module):
         self.core, self.norm_position, self.residual = core, norm, residual
         self.norm = nn.LayerNorm(d_model) if norm != "none" else nn.Identity()
         if mixing == "none":
-            self.mix = nn.Identity()
+            self.mix = None
         elif not nonlinear:
             self.mix = nn.Linear(d_model, d_model)
         else:
@@ -80,7 +82,9 @@ class Block(nn.Module):
             time["integration_timesteps"] = integration_timesteps
         z = self.norm(x) if self.norm_position == "pre" else x
         z, state = self.core(z, state=state, mode=mode, lengths=lengths, **time)
-        z = self.dropout(self.mix(self.dropout(z)))
+        z = self.dropout(z)
+        if self.mix is not None:
+            z = self.dropout(self.mix(z))
         x = x + z if self.residual else z
         return (self.norm(x) if self.norm_position == "post" else x), state
 
@@ -117,6 +121,11 @@ class Backbone(nn.Module):
             _choice(key, value, allowed)
         if ridge < 0:
             raise ValueError(f"ridge must be >= 0, got {ridge}")
+        if not nonlinear and norm != "none":
+            raise ValueError(
+                f"nonlinear=False takes the nonlinearity out of the blocks, but norm={norm!r} keeps a LayerNorm (a "
+                "nonlinearity) in each: set norm=none"
+            )
         self.spec, self.mode, self.pool = spec, mode, pool
         self.encoder = self._make_encoder(spec, encoder, d_model)
         self.blocks = nn.ModuleList(
