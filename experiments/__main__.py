@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             still_missing[name] = len(missing)
     if still_missing:
         summary = ", ".join(f"{name}: {count}" for name, count in still_missing.items())
-        print(f"[figures] runs still missing ({summary}); their figures are marked INCOMPLETE")
+        print(f"[figures] runs still missing ({summary}); what could be drawn is marked INCOMPLETE")
         return 1
     return 0
 

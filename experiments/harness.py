@@ -316,8 +316,7 @@ def variant(figure: ModuleType, session: Session) -> tuple[str, list[str]]:
     models tags ``models-<models>``; ``--set`` overrides that change the runs (not ``hydra.*``) tag
     ``set-<key=value+...>-<hash>``: the overrides' last key parts, cut to 40 characters, and a hash of the
     whole overrides, so that no two variants share a name."""
-    needed = figure.needed_runs(session.scale, pd.DataFrame(columns=["run_dir"]))
-    every_model = sorted({r.model for r in needed} - {None})
+    every_model = figure_models(figure, session.scale)
     models = every_model if session.models is None else sorted(set(every_model) & set(session.models))
     overrides = sorted(o for o in session.extra if not is_launch_setting(o))
     tags, notes = [], []
@@ -333,11 +332,22 @@ def variant(figure: ModuleType, session: Session) -> tuple[str, list[str]]:
     return "".join(f"--{tag}" for tag in tags), notes
 
 
+def figure_models(figure: ModuleType, scale: str) -> list[str]:
+    """The models the figure draws at ``scale``."""
+    return sorted({r.model for r in figure.needed_runs(scale, pd.DataFrame(columns=["run_dir"]))} - {None})
+
+
 def make_figure(figure: ModuleType, session: Session) -> tuple[list[Path], list[Run]]:
     """Collect (launching what is missing) and draw one figure module; returns the files written
     and the runs still missing. Runs of unavailable models are reported, never silently dropped.
     A variant (identity --set overrides, a subset of the models) is saved as <figure>--<tag>_* (see variant)."""
     name = figure.__name__.rsplit(".", 1)[-1]
+    if session.models is not None:  # --models names models of any figure: say which this one has not
+        drawn = figure_models(figure, session.scale)
+        if absent := sorted(set(session.models) - set(drawn)):
+            session.log(f"[figures] {name}: has no model {', '.join(absent)} (its models: {', '.join(drawn)})")
+        if len(absent) == len(set(session.models)):
+            return [], []
     collected = collect(figure, session)
     for model in sorted({r.model for r in collected.unavailable}):
         session.log(f"[figures] {name}: skipped model {model!r}: no configs/model/{model}.yaml")

@@ -51,6 +51,11 @@ from ssm_lab.results import (
 )
 from ssm_lab.task import NonFiniteLossError, SequenceTask
 
+# configs/hydra/launcher/*.yaml set the launcher plugins' values under the plugins' own names, on purpose; Hydra
+# warns of that schema matching at every composition, in the launching process and in each joblib worker (which
+# imports this module to run its job)
+warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStore schema", category=UserWarning)
+
 
 def package_version() -> str:
     try:
@@ -174,7 +179,10 @@ def _run(cfg: DictConfig, callbacks: Sequence[L.Callback]) -> dict[str, Any]:
     auto_source = OmegaConf.select(cfg, "data.source") == "auto"
     cfg = finalize(cfg)
     if auto_source:  # the run records the source that auto picked (ssm_lab.config.resolve_data_source)
-        print(f"[ssm_lab] data.source=auto: {cfg.data.source}, from what is in {cfg.data.data_dir}")
+        print(
+            f"[ssm_lab] data.source=auto: {cfg.data.source}, from what is in {cfg.data.data_dir} "
+            "(data_dir/README.md says which benchmark files go where)"
+        )
     _check_run_values(cfg)
     path = run_dir(cfg)
     if summary := _completed(path):

@@ -278,6 +278,13 @@ def test_drawings_of_two_scales_never_replace_each_other_and_models_must_exist(t
     assert {p.name for p in paper.iterdir()} == {"listops.missing.txt"}  # no paper run: nothing drawn over it
     with pytest.raises(ValueError, match="unknown model 'modle'; choose one of gru, ids4"):
         Session("smoke", tmp_path / "results", tmp_path / "data", models=("lru", "modle"))
+    lines: list[str] = []  # a model of another figure: said, and a figure with none of them is not drawn
+    for models, drawn in ((("lru", "tv"), ["listops--models-lru_figure.png"]), (("tv",), [])):
+        folders = (tmp_path / "results", tmp_path / "data")
+        session = Session("smoke", *folders, launch=False, models=models, log=lines.append)
+        written, missing = make_figure(listops, session)
+        assert "[figures] listops: has no model tv (its models: l2n, lru, s4, transformer)" in lines
+        assert [path.name for path in written if path.suffix == ".png"] == drawn
 
 
 def record_listops(session: Session) -> None:

@@ -146,7 +146,7 @@ class DeepSSM(nn.Module):
             if ff not in CERTIFIED_FEEDFORWARDS:
                 raise ValueError(
                     f"gamma={gamma} needs a certified ff, but ff {ff!r} has no gain bound; "
-                    f"choose one of {', '.join(CERTIFIED_FEEDFORWARDS)} or set gamma=None"
+                    f"choose one of {', '.join(CERTIFIED_FEEDFORWARDS)} or set gamma=None (model.gamma=null)"
                 )
         self.d_input, self.d_output, self.param, self.ff, self.gamma = d_input, d_output, param, ff, gamma
         self.encoder = nn.Linear(d_input, d_model, bias=False)
