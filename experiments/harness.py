@@ -164,9 +164,14 @@ class Session:
         check_choice("scale", self.scale, SCALES)
         for model in self.models or ():  # a misspelt model would draw a variant without it
             check_choice("model", model, sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml")))
-        launcher_override(self.launcher)  # a bad launcher fails before anything is trained
+        basic = not launcher_override(self.launcher)  # a bad launcher fails before anything is trained
         for override in self.extra:
             key = override.lstrip("+~").partition("=")[0]
+            if basic and key.startswith("hydra.launcher."):  # else every run fails in Hydra, one by one
+                raise ValueError(
+                    f"--set {override}: the basic launcher (one run after another) has no options; choose one "
+                    f"that has, e.g. --launcher joblib"
+                )
             if key in SESSION_KEYS:  # the runs would land where the figure never looks, or not be the figure's
                 raise ValueError(f"--set {override}: {key} is the session's own, set it with {SESSION_KEYS[key]}")
 

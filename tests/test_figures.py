@@ -278,6 +278,9 @@ def test_drawings_of_two_scales_never_replace_each_other_and_models_must_exist(t
     assert {p.name for p in paper.iterdir()} == {"listops.missing.txt"}  # no paper run: nothing drawn over it
     with pytest.raises(ValueError, match="unknown model 'modle'; choose one of gru, ids4"):
         Session("smoke", tmp_path / "results", tmp_path / "data", models=("lru", "modle"))
+    with pytest.raises(ValueError, match=r"--set hydra.launcher.n_jobs=2: the basic launcher .* has no options"):
+        Session("smoke", tmp_path / "results", tmp_path / "data", extra=("hydra.launcher.n_jobs=2",))
+    Session("smoke", tmp_path / "results", tmp_path / "data", launcher="joblib", extra=("hydra.launcher.n_jobs=2",))
     lines: list[str] = []  # a model of another figure: said, and a figure with none of them is not drawn
     for models, drawn in ((("lru", "tv"), ["listops--models-lru_figure.png"]), (("tv",), [])):
         folders = (tmp_path / "results", tmp_path / "data")
@@ -342,7 +345,9 @@ def test_variants_are_saved_beside_the_default_drawing_never_over_it(tmp_path):
     markdown = (figures / f"{name}_table.md").read_text()
     assert markdown.startswith("models lru, s4 only (of l2n, lru, s4, transformer)\n\n| model |")
 
-    weight_decay = replace(session, extra=("optim.optimizer.weight_decay=0.0", "hydra.launcher.n_jobs=2"))
+    weight_decay = replace(
+        session, launcher="joblib", extra=("optim.optimizer.weight_decay=0.0", "hydra.launcher.n_jobs=2")
+    )
     written, missing = make_figure(listops, weight_decay)
     assert len(missing) == 4 and len(written) == 1
     assert re.fullmatch(r"listops--set-weight_decay=0\.0-[0-9a-f]{6}\.missing\.txt", written[0].name)
@@ -354,7 +359,7 @@ def test_variants_are_saved_beside_the_default_drawing_never_over_it(tmp_path):
 
 def test_variant_names_ignore_launch_settings_and_override_order(tmp_path):
     def tag(*extra: str, models: tuple[str, ...] | None = None) -> str:
-        return variant(listops, Session("smoke", tmp_path, tmp_path, extra=extra, models=models))[0]
+        return variant(listops, Session("smoke", tmp_path, tmp_path, "joblib", extra=extra, models=models))[0]
 
     every_model = ("lru", "l2n", "s4", "transformer", "rnn")  # rnn: not a model of this figure
     assert tag() == tag("hydra.launcher.n_jobs=12") == tag(models=every_model) == ""
