@@ -130,7 +130,9 @@ class WordProblemDataModule(SplitDataModule):
                 f"no word-problem file at {self.file}; put the paper's {self.file.name} there "
                 f"(see data_dir/README.md) or use source=generate"
             )
-        self.from_file = source == "file" or (source == "auto" and self.file.exists())  # as auto_source says
+        if source == "auto":
+            source = self.auto_source({"group": group, "seq_len": seq_len, "data_dir": data_dir})
+        self.from_file = source == "file"
         words = len(self.elements) ** seq_len
         if not self.from_file and num_val + num_test >= words:
             raise ValueError(
