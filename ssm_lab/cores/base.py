@@ -24,8 +24,9 @@ def check_mode(mode: str, modes: tuple[str, ...], core: str) -> None:
 
 
 def check_lengths(lengths: Tensor, batch: int, length: int) -> Tensor:
-    """``lengths`` on its own device after checking that it is (B,) = (batch,) with values in 1..length."""
-    if lengths.shape != (batch,) or bool((lengths < 1).any()) or bool((lengths > length).any()):
+    """``lengths`` on its own device after checking that it is (B,) = (batch,) with values in 1..length (one read
+    back to the host, a GPU synchronisation, for both bounds)."""
+    if lengths.shape != (batch,) or bool(((lengths < 1) | (lengths > length)).any()):
         raise ValueError(f"lengths must be (B,) = ({batch},) with values in 1..{length}, got {lengths.tolist()}")
     return lengths
 
