@@ -133,9 +133,15 @@ def _cluster_plugins() -> list[SLURMEnvironment]:
     return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
 
 
-def _completed(path: Path) -> dict[str, Any] | None:
+def _finished(path: Path) -> dict[str, Any] | None:
+    """The run's summary when it has a result: completed, or failed (a loss that went non-finite: the same
+    config and seed fail the same way again, so a relaunch does not train it from scratch to learn that)."""
     summary = read_summary(path)
-    return summary if summary and summary.get("status") == "completed" else None
+    if not summary or summary.get("status") not in ("completed", "failed"):
+        return None
+    status = "complete" if summary["status"] == "completed" else f"failed ({summary.get('reason')}; remove it to retry)"
+    print(f"[ssm_lab] run already {status}, skipped: {path}")
+    return summary
 
 
 def _job_log() -> str | None:
@@ -185,8 +191,7 @@ def _run(cfg: DictConfig, callbacks: Sequence[L.Callback]) -> dict[str, Any]:
         )
     _check_run_values(cfg)
     path = run_dir(cfg)
-    if summary := _completed(path):
-        print(f"[ssm_lab] run already complete, skipped: {path}")
+    if summary := _finished(path):
         return summary
     if not is_rank_zero():
         return _train(cfg, path, read_summary(path) or {}, callbacks)
@@ -195,8 +200,7 @@ def _run(cfg: DictConfig, callbacks: Sequence[L.Callback]) -> dict[str, Any]:
         if not locked:
             print(f"[ssm_lab] run is in progress in another process, skipped: {path}")
             return read_summary(path) or {"status": "running", "run_dir": str(path)}
-        if summary := _completed(path):  # finished by another sweep between our first look and the lock
-            print(f"[ssm_lab] run already complete, skipped: {path}")
+        if summary := _finished(path):  # finished by another sweep between our first look and the lock
             return summary
         return _train(cfg, path, read_summary(path) or {}, callbacks, created)
 
@@ -248,7 +252,7 @@ def _train(
     unknown mode) raises before anything is recorded; the run folder, if this launch ``created`` it, is removed."""
     writes_record = is_rank_zero()
     checkpoint = path / "checkpoints" / "last.ckpt"
-    resume_from = checkpoint if checkpoint.exists() and previous.get("status") != "failed" else None
+    resume_from = checkpoint if checkpoint.exists() else None
     resume_step = torch.load(resume_from, map_location="cpu", weights_only=False)["global_step"] if resume_from else 0
 
     try:

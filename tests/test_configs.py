@@ -149,6 +149,9 @@ def test_non_finite_loss_fails_the_run_with_the_reason(make_config, train):
         / "summary.json"
     ).read_text()
     assert '"status": "failed"' in on_disk
+    # a relaunch does not train it again to the same failure (a figure counts it as finished too)
+    again = train("optim.optimizer.lr=1e30", "optim.recurrence_lr=1e30", "trainer.gradient_clip_val=null")
+    assert again == summary
 
 
 def test_config_dir_is_the_repository_configs():
