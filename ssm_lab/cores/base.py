@@ -31,27 +31,36 @@ def check_lengths(lengths: Tensor, batch: int, length: int) -> Tensor:
     return lengths
 
 
-def zero_padding(x: Tensor, lengths: Tensor | None) -> Tensor:
-    """x: (B, L, ...) with every step at or after its sequence's length set to 0 (x itself when lengths is None).
+def real_steps(x: Tensor, lengths: Tensor | None) -> Tensor | None:
+    """(B, L, 1, ...) True at the real steps of x: (B, L, ...), broadcasting against x (None when lengths is None)."""
+    if lengths is None:
+        return None
+    lengths = check_lengths(lengths, x.shape[0], x.shape[1]).to(x.device)
+    real = torch.arange(x.shape[1], device=x.device) < lengths.unsqueeze(1)
+    return real.view(*real.shape, *([1] * (x.dim() - 2)))
+
+
+def zero_padding(x: Tensor, lengths: Tensor | None, real: Tensor | None = None) -> Tensor:
+    """x: (B, L, ...) with every step at or after its sequence's length set to 0 (x itself when lengths is None);
+    ``real``: the mask ``real_steps`` made for these lengths already.
 
     Each core takes its input through this: right padding then reaches no real output, final state or gradient,
     whatever it holds. Where a mode mixes all steps (FFT convolutions, attention, the adaptive solver), padding
     would otherwise leak into real outputs through rounding, and NaN or inf padding through 0 * inf; through a
     recurrence, a non-finite padded step makes the backward's 0 * inf too. ``torch.where``, not a product with the
     mask, so that non-finite padding goes as well; its gradient is 0 on the padding."""
-    if lengths is None:
-        return x
-    lengths = check_lengths(lengths, x.shape[0], x.shape[1]).to(x.device)
-    real = torch.arange(x.shape[1], device=x.device) < lengths.unsqueeze(1)
-    return torch.where(real.view(*real.shape, *([1] * (x.dim() - 2))), x, x.new_zeros(()))
+    real = real_steps(x, lengths) if real is None else real
+    return x if real is None else torch.where(real, x, x.new_zeros(()))
 
 
-def check_state(state: Any, expected: Any, core: str) -> None:
-    """Raise unless ``state`` has the structure and shapes of ``expected`` (the core's ``default_state(B)``): a
-    state of another batch size would otherwise broadcast silently in some modes."""
-    shapes = _shapes(state)
-    if shapes != _shapes(expected):
-        raise ValueError(f"{core} state must have shape {_shapes(expected)} (default_state(B)), got {shapes}")
+def check_state(core: Any, state: Any, batch: int, name: str | None = None) -> None:
+    """Raise unless ``state`` has the structure and shapes of ``core.default_state(batch)`` (made on the meta device:
+    shapes only, nothing allocated): a state of another batch size would otherwise broadcast silently in some
+    modes. ``name``: the core's name in the message (its class name by default)."""
+    shapes, expected = _shapes(state), _shapes(core.default_state(batch, torch.device("meta")))
+    if shapes != expected:
+        name = name or type(core).__name__
+        raise ValueError(f"{name} state must have shape {expected} (default_state(B)), got {shapes}")
 
 
 def _shapes(state: Any) -> Any:

@@ -105,7 +105,7 @@ class IDS4(nn.Module):
         check_mode(mode, self.modes, "IDS4")
         check_timesteps(integration_timesteps, x)
         if state is not None:
-            check_state(state, self.default_state(x.shape[0], x.device), "IDS4")
+            check_state(self, state, x.shape[0])
         x = zero_padding(x, lengths)
         if mode == "loop":
             state = self.default_state(x.shape[0], x.device) if state is None else state

@@ -207,7 +207,7 @@ class LinearCDE(nn.Module):
         if state is None:
             state = self.default_state(x.shape[0], x.device)
         else:  # "scan" and "loop" would broadcast a state of another batch size
-            check_state(state, self.default_state(x.shape[0], x.device), "LinearCDE")
+            check_state(self, state, x.shape[0])
         x = zero_padding(x, lengths)  # a NaN in the padding would also stall the adaptive solver's one step size
         per_step = {"integration_timesteps": integration_timesteps}
         if mode == "loop":

@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ssm_lab.cores.base import check_input, check_mode, check_state, zero_padding
+from ssm_lab.cores.base import check_input, check_mode, check_state, real_steps, zero_padding
 from ssm_lab.cores.s4d import log_uniform_steps
 from ssm_lab.cores.stepping import check_timesteps, step_through
 from ssm_lab.ops.selective_scan import positive_decay, selective_scan_by_mode, signed_decay
@@ -104,8 +104,9 @@ class Mamba(nn.Module):
         check_timesteps(integration_timesteps, x)
         if state is None:
             state = self.default_state(x.shape[0], x.device)
-        check_state(state, self.default_state(x.shape[0], x.device), "Mamba")
-        x = zero_padding(x, lengths)
+        check_state(self, state, x.shape[0])
+        real = real_steps(x, lengths)
+        x = zero_padding(x, lengths, real)
         if mode == "loop":
             return step_through(self.step, x, state, lengths, {"integration_timesteps": integration_timesteps})
         window, ssm_state = state
@@ -113,7 +114,7 @@ class Mamba(nn.Module):
         history = torch.cat([window, inputs], dim=1)  # (B, d_conv - 1 + L, E)
         u = nn.functional.silu(self._causal_conv(history))
         delta, B, C = self._selection(u, integration_timesteps)
-        delta = zero_padding(delta, lengths)  # delta = 0 on padding: decay 1, input 0, the state passes through
+        delta = zero_padding(delta, lengths, real)  # delta = 0 on padding: decay 1, input 0, the state passes through
         A = -torch.exp(self.A_log)
         y, ssm_state = selective_scan_by_mode(
             u, delta, A, B, C, self.D, ssm_state, mode=mode, signed=self.signed, chunk_size=self.chunk_size

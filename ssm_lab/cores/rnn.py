@@ -54,7 +54,7 @@ class TorchRecurrentCore(nn.Module):
         check_mode(mode, self.modes, self.cell)
         if state is None:
             state = self.default_state(x.shape[0], x.device)
-        check_state(state, self.default_state(x.shape[0], x.device), self.cell)
+        check_state(self, state, x.shape[0], self.cell)
         x = zero_padding(x, lengths)
         if mode == "loop":
             return step_through(self.step, x, state, lengths)

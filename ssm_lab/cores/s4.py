@@ -291,7 +291,7 @@ class S4(nn.Module):
         check_input(x, self.d_model)
         check_mode(mode, self.modes, "S4")
         if state is not None:
-            check_state(state, self.default_state(x.shape[0], x.device), "S4")
+            check_state(self, state, x.shape[0])
         x = zero_padding(x, lengths)
         if mode == "loop":
             return step_through(

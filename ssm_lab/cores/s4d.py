@@ -116,7 +116,7 @@ class S4D(nn.Module):
         check_input(x, self.d_model)
         check_mode(mode, self.modes, "S4D")
         if state is not None:
-            check_state(state, self.default_state(x.shape[0], x.device), "S4D")
+            check_state(self, state, x.shape[0])
         x = zero_padding(x, lengths)
         decay, input_map = self.discrete()
         if mode == "conv":
