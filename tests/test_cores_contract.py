@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from ssm_lab.cores import base
 from ssm_lab.cores.ids4 import IDS4
 from ssm_lab.cores.lcde import LinearCDE
 from ssm_lab.cores.lru import LRU
@@ -190,6 +191,17 @@ def test_conv_kernels_stay_finite_when_a_decay_underflows():
 
 
 @pytest.mark.parametrize(("name", "mode"), ALL_MODES)
+def test_lengths_are_checked_once_per_call(name, mode, monkeypatch):
+    """Checking lengths reads them back to the host, a GPU synchronisation: once per call, however many times
+    the core uses them (padding, final state)."""
+    checks = []
+    check = base.check_lengths
+    monkeypatch.setattr(base, "check_lengths", lambda *args: checks.append(args) or check(*args))
+    build(name)(inputs(), mode=mode, lengths=torch.tensor([LENGTH, 5, 1]))
+    assert len(checks) == 1
+
+
+@pytest.mark.parametrize(("name", "mode"), ALL_MODES)
 def test_a_state_of_another_batch_size_is_an_error(name, mode):
     core = build(name)
     with pytest.raises(ValueError, match=r"state must "):
@@ -293,6 +305,26 @@ def test_every_core_trains_under_bf16_autocast_on_cuda(name):
     gradients = torch.autograd.grad(y.float().square().mean(), [x, *core.parameters()], allow_unused=True)
     assert torch.isfinite(y).all() and all(torch.isfinite(leaf).all() for leaf in leaves(state))
     assert all(torch.isfinite(gradient).all() for gradient in gradients if gradient is not None)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", [name for name in CORES if name not in ("rnn", "lstm", "gru", "lcde_exp")])
+def test_forward_and_backward_never_wait_for_the_gpu(name):
+    """No host synchronisation in a training step's forward and backward (without lengths, whose check reads them
+    back once): a sync makes the host wait for the GPU's queue, so the launch time of the rest of the step is no
+    longer hidden behind the GPU's work. Left out: cuDNN's RNNs (rnn, lstm, gru), torch's own code, and the exact
+    exponential of the Linear CDE, which reads its number of squarings off the data's norms."""
+    torch.manual_seed(0)
+    core = CORES[name](D_MODEL).cuda()
+    x = inputs().float().cuda().requires_grad_()
+    torch.autograd.grad(core(x)[0].square().mean(), [x, *core.parameters()], allow_unused=True)  # first-call setup
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        y, _ = core(x)
+        torch.autograd.grad(y.square().mean(), [x, *core.parameters()], allow_unused=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
 
 
 @pytest.mark.gpu

@@ -220,3 +220,24 @@ def test_cuda_network_matches_the_cpu_loop_reference(param, checkpoint):
         torch.testing.assert_close(got.cpu(), want, atol=1e-3, rtol=1e-3)
     if gamma is not None:
         assert cuda_model.certified_gain_bound().item() <= gamma * (1 + 1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("param", ["lru", "l2n", "tv"])
+@pytest.mark.parametrize("gamma", [None, 1.5])
+def test_cuda_training_step_never_waits_for_the_gpu(param, gamma):
+    """No host synchronisation in the network's forward and backward: a sync makes the host wait for the GPU's
+    queue, so the launch time of the rest of the step is no longer hidden behind the GPU's work. There were two:
+    a constant copied to the device in the LRU readout, and the backward of ``prod`` over the certified bounds,
+    which looks for zeros on the host. l2ru is left out: its system's Cholesky factors and solves check their
+    matrices on the host, an error worth the wait."""
+    model = make(param, ff="LGLU" if gamma else "GLU", gamma=gamma, d_model=16, d_state=16).cuda()
+    u = torch.randn(3, 50, 3, device="cuda", requires_grad=True)
+    torch.autograd.grad(model(u)[0].square().sum(), [u, *model.parameters()])  # first-call setup (caches, kernels)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        y, _ = model(u)
+        torch.autograd.grad(y.square().sum(), [u, *model.parameters()])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -71,14 +71,18 @@ def _shapes(state: Any) -> Any:
     return type(state).__name__
 
 
-def state_at_lengths(states: Tensor, lengths: Tensor | None) -> Tensor:
+def state_at_lengths(states: Tensor, lengths: Tensor | None, checked: bool = False) -> Tensor:
     """Final state of each sequence: states[b, lengths[b] - 1] (the last step when lengths is None).
 
-    states: (B, L, ...) -> (B, ...). Right padding after a sequence never reaches its state.
+    states: (B, L, ...) -> (B, ...). Right padding after a sequence never reaches its state. ``checked``: the
+    caller's ``zero_padding`` or ``real_steps`` checked these lengths already, so they are not read back to the
+    host a second time (a GPU synchronisation each).
     """
     if lengths is None:
         return states[:, -1]
-    lengths = check_lengths(lengths, states.shape[0], states.shape[1]).to(states.device)
+    if not checked:
+        lengths = check_lengths(lengths, states.shape[0], states.shape[1])
+    lengths = lengths.to(states.device)
     index = (lengths - 1).view(-1, *([1] * (states.dim() - 1))).expand(-1, 1, *states.shape[2:])
     return torch.gather(states, 1, index).squeeze(1)
 

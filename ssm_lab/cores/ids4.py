@@ -111,7 +111,7 @@ class IDS4(nn.Module):
             state = self.default_state(x.shape[0], x.device) if state is None else state
             return step_through(self.step, x, state, lengths, {"integration_timesteps": integration_timesteps})
         states = self._states(x, state, integration_timesteps, mode)
-        return states @ self.C.T + self.D * x, state_at_lengths(states, lengths)
+        return states @ self.C.T + self.D * x, state_at_lengths(states, lengths, checked=True)
 
     def _states(self, x: Tensor, state: Tensor | None, timesteps: Tensor | None, mode: str) -> Tensor:
         """Every state h_t: (B, L, d_state), by ``bilinear_recurrence``: over the whole sequence on GPUs (one batched

@@ -159,7 +159,7 @@ class L2RU(nn.Module):
             if residual_scale is not None:
                 C, D = fold_residual(C, D, residual_scale)
             y = previous @ C.transpose(0, 1) + x @ D.transpose(0, 1)
-        return y, state_at_lengths(states, lengths)
+        return y, state_at_lengths(states, lengths, checked=True)
 
     def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """One step: x_t: (B, d_model), state: (B, d_state) -> (y_t: (B, d_model), next state)."""

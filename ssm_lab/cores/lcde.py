@@ -223,7 +223,7 @@ class LinearCDE(nn.Module):
         steps = window_steps(self.chunk_length, x.shape[0], self.d_state, self.B.dtype, x.device)
         increments = self._increments(x, integration_timesteps)
         states = chunked_matrix_recurrence(maps, (increments,), state, steps, self.recompute, recurrence)
-        return self.readout(states), state_at_lengths(states, lengths)
+        return self.readout(states), state_at_lengths(states, lengths, checked=True)
 
     def step(self, x_t: Tensor, state: Tensor, integration_timesteps: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """x_t: (B, d_model), state: (B, d_state) -> (y_t, next state), one fixed solver step."""

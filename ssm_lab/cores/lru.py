@@ -64,8 +64,8 @@ def real_readout(states: Tensor, C: Tensor, skip: Tensor | None = None) -> Tenso
     """Re(C h) for complex h: (B, L, N) and C: (H, N) -> (B, L, H), as one real matmul:
     Re(C h) = C_re h_re - C_im h_im over the interleaved (h_re, h_im) pairs of view_as_real(h).
     skip: (B, L, H) or None, added inside the matmul (addmm): skip + Re(C h) without another pass."""
-    signs = torch.tensor([1.0, -1.0], dtype=C.real.dtype, device=C.device)
-    interleaved = (torch.view_as_real(C) * signs).flatten(-2).transpose(0, 1)
+    # the pairs (C_re, -C_im) are conj(C) viewed as real: no constant to copy to the device (a host sync)
+    interleaved = torch.view_as_real(C.conj().resolve_conj()).flatten(-2).transpose(0, 1)
     flat = torch.view_as_real(states.contiguous()).flatten(-2)
     if skip is None:
         return flat @ interleaved
@@ -177,7 +177,7 @@ class DiagonalLTICore(nn.Module):
             states = diagonal_recurrence_conv(eigenvalues, drive, state)
         else:
             states = linear_recurrence(eigenvalues, drive, state, mode=mode)
-        return self._readout(x, states, state, C, D, residual_scale), state_at_lengths(states, lengths)
+        return self._readout(x, states, state, C, D, residual_scale), state_at_lengths(states, lengths, checked=True)
 
     def _readout(
         self, x: Tensor, states: Tensor, h0: Tensor | None, C: Tensor, D: Tensor, residual_scale: Tensor | None

@@ -67,7 +67,7 @@ class RGLRU(nn.Module):
         x = zero_padding(x, lengths)
         decay, inputs = self._coefficients(x, integration_timesteps)
         states = linear_recurrence(decay, inputs, state, mode=mode)
-        return states, state_at_lengths(states, lengths)
+        return states, state_at_lengths(states, lengths, checked=True)
 
     def step(self, x_t: Tensor, state: Tensor, integration_timesteps: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """x_t: (B, d_model), state: (B, d_model) -> (y_t, next state)."""

@@ -61,7 +61,7 @@ class TorchRecurrentCore(nn.Module):
         if self.cell == "gru" and not x.is_cuda:  # causal: padding after a sequence never reaches its states
             rnn = self.rnn
             y = gru_sequence(x, state, rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
-            return y, state_at_lengths(y, lengths)
+            return y, state_at_lengths(y, lengths, checked=True)
         if lengths is None:
             y, final = self.rnn(x, self._to_torch(state))
         else:  # packing keeps padding out of the final state; padded outputs come back as zeros

@@ -125,7 +125,7 @@ class S4D(nn.Module):
         inputs = (x.unsqueeze(-1) * input_map).reshape(batch, length, -1)
         h0 = None if state is None else state.reshape(batch, -1)
         states = linear_recurrence(decay.reshape(-1), inputs, h0, mode=mode).view(batch, length, *decay.shape)
-        return self._output(states, x), state_at_lengths(states, lengths)
+        return self._output(states, x), state_at_lengths(states, lengths, checked=True)
 
     def _convolve(self, x: Tensor, state: Tensor | None, lengths: Tensor | None, decay: Tensor, input_map: Tensor):
         length = x.shape[1]

@@ -101,7 +101,7 @@ class S5(nn.Module):
         x = zero_padding(x, lengths)
         decay, input_factor = self._discrete(integration_timesteps)
         states = linear_recurrence(decay, self._inputs(x, input_factor), state, mode=mode)
-        return self._output(states, x), state_at_lengths(states, lengths)
+        return self._output(states, x), state_at_lengths(states, lengths, checked=True)
 
     def step(self, x_t: Tensor, state: Tensor, integration_timesteps: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """x_t: (B, d_model), state: (B, P), integration_timesteps: (B,) or None -> (y_t, next state)."""

@@ -310,7 +310,7 @@ class TV(nn.Module):
         """(W_in, W_out) normalised to contractions, and the product of their certified norms: W_in and W_out^T,
         both (d_state, d_model), in one batched Gram iteration (half the small products and launches)."""
         (W_in, W_out_t), norms = normalize_to_contraction(torch.stack([self.W_in, self.W_out.mT]), self.gram_iterations)
-        return W_in, W_out_t.mT, norms.prod()
+        return W_in, W_out_t.mT, norms[0] * norms[1]  # not prod(): its backward syncs with the host
 
     def selected(self, x: Tensor) -> Tensor:
         """The selection's (delta, b, c) pre-activations, stacked first: (3, B, L, d_state), a view of
@@ -363,7 +363,7 @@ class TV(nn.Module):
         else:
             y = torch.addmm(x.flatten(0, -2), readout.flatten(0, -2), (residual_scale * W_out).transpose(0, 1))
             y = y.view_as(x)
-        return y, state_at_lengths(states, lengths), torch.exp(self.log_gamma) * norm
+        return y, state_at_lengths(states, lengths, checked=True), torch.exp(self.log_gamma) * norm
 
     def step(self, x_t: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         """One step: x_t: (B, d_model), state: (B, d_state) -> (y_t: (B, d_model), next state)."""

@@ -13,6 +13,8 @@ so it is <= gamma for every parameter value; gamma=None leaves s = 1 and reports
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -165,7 +167,7 @@ class DeepSSM(nn.Module):
 
     def raw_gain_bound(self) -> Tensor:
         """||E|| prod_k block bound ||W||: the bound before the prescribed-gamma scaling."""
-        return torch.stack([*self._linear_norms(), *(block.gain_bound() for block in self.blocks)]).prod()
+        return _product([*self._linear_norms(), *(block.gain_bound() for block in self.blocks)])
 
     @cached_without_grad
     def _linear_norms(self) -> list[Tensor]:
@@ -217,10 +219,16 @@ class DeepSSM(nn.Module):
             block_bounds.append(bound)
         y = self.decoder(x)
         if prescribed:
-            y = y * self._output_scale(torch.stack([*self._linear_norms(), *block_bounds]).prod())
+            y = y * self._output_scale(_product([*self._linear_norms(), *block_bounds]))
         self._states = [s.detach() if detach_state else s for s in states]
         return y, states
 
+
+
+def _product(factors: list[Tensor]) -> Tensor:
+    """The product of scalar bounds by multiplications: ``Tensor.prod``'s backward looks for zero factors on the
+    host (a GPU synchronisation in every training step)."""
+    return functools.reduce(operator.mul, factors)
 
 class TaskDeepSSM(nn.Module):
     """The training contract around a DeepSSM: inputs (B, L) token ids (embedded first) or
