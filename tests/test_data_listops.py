@@ -1,9 +1,9 @@
-"""LRA ListOps: generator labels against an independent evaluator, tokenisation, files, caching."""
+"""LRA ListOps: generator labels and the files' label check against an independent evaluator,
+tokenisation, files, caching."""
 
 import itertools
 import math
 import signal
-import statistics
 from contextlib import contextmanager
 
 import numpy as np
@@ -17,17 +17,20 @@ from ssm_lab.data.listops import (
     ListOpsDataModule,
     apply_operator,
     count_expressions,
+    evaluate,
     generate_listops,
+    pack,
     read_listops_tsv,
     tokenize,
 )
 
-FOLD = {"[MIN": min, "[MAX": max, "[MED": lambda v: math.floor(statistics.median(v)), "[SM": lambda v: sum(v) % 10}
+# LRA's definitions (lra_benchmarks/data/listops.py): MED is int(np.median(values)), the mean of the
+# middle two for an even count, truncated toward zero
+FOLD = {"[MIN": min, "[MAX": max, "[MED": lambda v: int(np.median(v)), "[SM": lambda v: sum(v) % 10}
 
 
-def evaluate(tokens: list[str]) -> int:
-    """An independent evaluator: a stack machine over the token strings, using the statistics
-    module's median (the mean of the middle two for an even count, floored as LRA's int())."""
+def reference_value(tokens: list[str]) -> int:
+    """An independent evaluator: a stack machine over the token strings, with LRA's operators."""
     stack: list = []
     for token in tokens:
         if token == "]":
@@ -47,7 +50,7 @@ def as_text(ids: list[int]) -> list[str]:
 
 def test_every_generated_label_agrees_with_an_independent_evaluator():
     expressions, labels = generate_listops(300, 10, 200, 6, 10, seed=1, workers=1)
-    assert all(evaluate(as_text(e)) == label for e, label in zip(expressions, labels, strict=True))
+    assert all(reference_value(as_text(e)) == label for e, label in zip(expressions, labels, strict=True))
     assert len({bytes(e) for e in expressions}) == 300  # distinct
     assert all(10 <= len(e) <= 200 for e in expressions)
     assert set(labels) == set(range(10))
@@ -149,6 +152,37 @@ def test_median_and_sum_mod_10():
         apply_operator("[FIRST", [1])
 
 
+def every_operator_on_every_digit_list(max_arguments: int) -> tuple[list[list[int]], list[int]]:
+    """Each operator applied to every list of 1..max_arguments digits, as token ids, and LRA's value."""
+    expressions, values = [], []
+    for operator, fold in FOLD.items():
+        for count in range(1, max_arguments + 1):
+            for digits in itertools.product(range(10), repeat=count):
+                expressions.append([VOCAB.index(operator), *(VOCAB.index(str(d)) for d in digits), VOCAB.index("]")])
+                values.append(fold(list(digits)))
+    return expressions, values
+
+
+def test_operators_agree_with_lras_definitions_on_every_list_of_up_to_four_digits():
+    # MED of an even count is the mean of the middle two truncated (LRA's int(np.median)): [MED 1 2 ] is 1
+    expressions, values = every_operator_on_every_digit_list(4)
+    assert apply_operator("[MED", [1, 2]) == 1 and apply_operator("[MED", [3, 4, 5, 8]) == 4
+    assert [apply_operator(VOCAB[e[0]], [int(VOCAB[t]) for t in e[1:-1]]) for e in expressions] == values
+    packed = pack(expressions, values)
+    np.testing.assert_array_equal(evaluate(packed["tokens"], packed["offsets"]), values)
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 97, 2**17])
+def test_the_vectorised_evaluator_agrees_with_the_generator_and_a_stack_machine(chunk_tokens):
+    # deep and shallow expressions, single digits included, cut into chunks of every size
+    expressions, labels = generate_listops(1_500, 1, 300, 12, 10, seed=5, workers=1)
+    assert min(map(len, expressions)) == 1 and max(map(len, expressions)) > 200
+    packed = pack(expressions, labels)
+    values = evaluate(packed["tokens"], packed["offsets"], chunk_tokens=chunk_tokens)
+    np.testing.assert_array_equal(values, labels)
+    assert values.tolist() == [reference_value(as_text(e)) for e in expressions]
+
+
 def test_tokenisation_drops_brackets_and_keeps_close():
     ids = tokenize("( ( [MAX 2 ) 9 ] )", "here")
     assert as_text(ids) == ["[MAX", "2", "9", "]"]
@@ -175,7 +209,8 @@ def test_reads_the_official_tsv_files(tmp_path):
     assert as_text(batch["inputs"][1].tolist()) == ["[SM", "5", "[MIN", "3", "7", "]", "]"]
     assert batch["targets"].tolist() == [9, 8]
     assert all(
-        evaluate(as_text(batch["inputs"][i, : batch["lengths"][i]].tolist())) == batch["targets"][i] for i in range(2)
+        reference_value(as_text(batch["inputs"][i, : batch["lengths"][i]].tolist())) == batch["targets"][i]
+        for i in range(2)
     )
 
 
@@ -197,6 +232,26 @@ def test_malformed_files_name_file_and_line(tmp_path, line, message):
     path.write_text(f"Source\tTarget\n[MIN 1 2 ]\t1\n{line}\n")
     with pytest.raises(ValueError, match=message):
         read_listops_tsv(path)
+
+
+def test_a_label_that_is_not_the_value_of_its_expression_names_file_line_value_and_label(tmp_path):
+    path = tmp_path / "basic_train.tsv"
+    lines = [
+        "( ( ( ( ( [MED 1 ) 2 ) 5 ) 9 ) ] )\t3",  # LRA: int(np.median([1, 2, 5, 9])) = int(3.5) = 3
+        "( ( ( [SM 9 ) 8 ) ] )\t7",
+        "( ( ( [MAX 2 ) ( ( ( [MIN 3 ) 7 ) ] ) ) ] )\t3",
+        "( ( ( ( [MED 2 ) 3 ) 7 ) ] )\t4",  # the median is 3
+        "( ( ( [MIN 4 ) 6 ) ] )\t6",
+    ]
+    path.write_text("Source\tTarget\n" + "\n".join(lines[:3]) + "\n")
+    assert read_listops_tsv(path)["labels"].tolist() == [3, 7, 3]
+    path.write_text("Source\tTarget\n" + "\n".join(lines) + "\n")
+    message = r"basic_train.tsv:5: the expression's value is 3 but its label \(Target\) is 4 \(and 1 more\)"
+    with pytest.raises(ValueError, match=message):
+        read_listops_tsv(path)
+    _write_tsv(tmp_path / "listops", [("( [MIN 4 6 ] )", 6)])  # through the data module too
+    with pytest.raises(ValueError, match=r"basic_train.tsv:2: the expression's value is 4 but its label .* is 6"):
+        ListOpsDataModule(batch_size=2, steps_per_epoch=1, data_dir=tmp_path).setup()
 
 
 def test_a_byte_that_is_not_utf8_names_file_and_line(tmp_path):
@@ -269,7 +324,7 @@ def test_generated_data_is_cached_under_its_parameters(tmp_path):
     other.setup()
     assert len(list((tmp_path / "listops").glob("generated-*.npz"))) == 2
     item = other.datasets["train"][0]
-    assert evaluate(as_text(item["inputs"][: item["lengths"]].tolist())) == item["targets"].item()
+    assert reference_value(as_text(item["inputs"][: item["lengths"]].tolist())) == item["targets"].item()
     assert np.all(np.diff(module.datasets["train"].offsets) >= 8)
 
 
@@ -291,3 +346,13 @@ def test_reads_a_saved_hugging_face_copy(tmp_path):
     item = module.datasets["test"][0]
     assert as_text(item["inputs"][: item["lengths"]].tolist()) == ["[MIN", "4", "[MAX", "1", "7", "]", "]"]
     assert [module.datasets["train"][i]["targets"].item() for i in range(2)] == [4, 8]
+
+
+def test_a_wrong_label_in_a_saved_hugging_face_copy_names_its_row(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = {"Source": ["( [MIN 4 ( [MAX 1 7 ] ) ]", "( [SM 9 9 ] )"], "Target": [4, 9]}
+    splits = {name: datasets.Dataset.from_dict(rows) for name in ("train", "validation", "test")}
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "listops" / "huggingface"))
+    module = ListOpsDataModule(batch_size=2, steps_per_epoch=1, data_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"huggingface \(train\) row 1: the expression's value is 8 but its label"):
+        module.setup()

@@ -15,6 +15,7 @@ from ssm_lab.data.sysid.datamodule import SysIdDataModule
 from ssm_lab.data.sysid.excitation import linear_sine_sweep, random_phase_multisine
 from ssm_lab.data.sysid.files import read_mat
 from ssm_lab.data.sysid.integrate import simulate
+from ssm_lab.data.sysid.records import Record
 from ssm_lab.metrics import build_metrics
 
 
@@ -205,6 +206,36 @@ def test_mat_variables_must_be_vectors_of_enough_samples(tmp_path):
         ValueError, match=r"DATA_EMPS.mat: variable 'qm' holds 1 value\(s\) \(shape \(1, 1\)\); need at least 2"
     ):
         BENCHMARKS["emps"].load(tmp_path)
+
+
+@pytest.mark.parametrize("fs", [0.0, -51200.0, math.nan, math.inf, 1e-310])  # 1 / 1e-310 overflows to inf
+def test_a_sampling_frequency_that_is_not_positive_and_finite_names_file_variable_and_value(tmp_path, fs):
+    n = 16
+    signals = {"uBenchMark": np.zeros((n, 1)), "yBenchMark": np.zeros((n, 1))}
+    savemat(tmp_path / "WienerHammerBenchMark.mat", {**signals, "fs": [[fs]]})
+    message = rf"WienerHammerBenchMark.mat: variable 'fs' is {fs}; a sampling frequency must be a positive finite"
+    with pytest.raises(ValueError, match=message):
+        BENCHMARKS["wiener_hammerstein"].load(tmp_path)
+
+
+def test_a_sampling_time_that_is_not_positive_and_finite_names_file_variable_and_value(tmp_path):
+    n = 16
+    tanks = {"uEst": np.zeros((n, 1)), "yEst": np.zeros((n, 1)), "uVal": np.zeros((n, 1)), "yVal": np.zeros((n, 1))}
+    for ts in (0.0, math.nan):
+        savemat(tmp_path / "dataBenchmark.mat", {**tanks, "Ts": [[ts]]})
+        with pytest.raises(ValueError, match=rf"dataBenchmark.mat: variable 'Ts' is {ts}; a sampling time must be"):
+            BENCHMARKS["cascaded_tanks"].load(tmp_path)
+    t = np.zeros((n, 1))  # every sample at time 0
+    savemat(tmp_path / "DATA_EMPS.mat", {"qm": np.zeros((n, 1)), "vir": np.zeros((n, 1)), "t": t})
+    with pytest.raises(
+        ValueError, match=r"DATA_EMPS.mat: variable 't' steps by t\[1\] - t\[0\] = 0.0; a sampling time"
+    ):
+        BENCHMARKS["emps"].load(tmp_path)
+    for sampling_time in (math.nan, math.inf):  # a record made in code is held to the same rule
+        with pytest.raises(
+            ValueError, match=rf"record 'made': sampling_time must be a positive finite .* {sampling_time}"
+        ):
+            Record(np.zeros((n, 1)), np.zeros((n, 1)), sampling_time, "made")
 
 
 def test_missing_files_say_where_to_put_them_or_which_simulator_runs(tmp_path, caplog):

@@ -1,7 +1,7 @@
 """ListOps of the Long Range Arena (Tay et al. 2021; the grammar of Nangia & Bowman 2018):
-nested prefix expressions over the digits 0-9 with the operators MIN, MAX, MED (median, the
-mean of the two middle values rounded down when the count is even) and SM (sum mod 10); the
-label is the expression's value, a 10-way classification of the whole sequence.
+nested prefix expressions over the digits 0-9 with the operators MIN, MAX, MED (median, LRA's
+``int(np.median)``: the mean of the two middle values rounded down when the count is even) and SM
+(sum mod 10); the label is the expression's value, a 10-way classification of the whole sequence.
 
 Sampling, as the LRA generator describes it: a node below ``max_depth`` is an operator with
 probability 1/4 (else a digit), with 2..``max_args`` arguments drawn the same way one level
@@ -16,7 +16,8 @@ operator, sequences are right-padded with "<pad>" (id 0) and carry their ``lengt
 official TSV files or a saved Hugging Face dataset from ``data_dir/listops`` when present; each
 line must hold one well-formed expression of at most ``max_length`` tokens (LRA's cap is 2000): a
 longer one is an error naming its file and line, never silently dropped or cut, since dropping
-would change the benchmark's test set and cutting its labels.
+would change the benchmark's test set and cutting its labels. So is a label that is not its
+expression's value (``evaluate``, vectorised: a few seconds for LRA's 96k training expressions).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import multiprocessing
 import os
 import random
 from collections.abc import Mapping
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,9 @@ SOURCES = ("auto", "generate", "tsv", "huggingface")
 
 
 def apply_operator(operator: str, values: list[int]) -> int:
+    """The value of one operator node, the reference the generator uses and ``evaluate`` must match.
+    MED is LRA's ``int(np.median(values))``: for an even count the mean of the two middle values
+    truncated toward zero, which for digits (never negative) is their sum halved and rounded down."""
     if operator == "[MIN":
         return min(values)
     if operator == "[MAX":
@@ -73,6 +77,82 @@ def apply_operator(operator: str, values: list[int]) -> int:
     if operator == "[SM":
         return sum(values) % 10
     raise ValueError(f"unknown operator {operator!r}; choose one of {', '.join(OPERATORS)}")
+
+
+_DIGITS = np.arange(10)[:, None]
+# per token id: how it changes the operator depth, its digit value, whether it is an operator
+_DEPTH_CHANGE = np.zeros(256, dtype=np.int32)
+_DEPTH_CHANGE[list(OPERATOR_IDS)], _DEPTH_CHANGE[CLOSE_ID] = 1, -1
+_DIGIT_VALUE = np.zeros(256, dtype=np.int64)
+_DIGIT_VALUE[list(DIGIT_IDS)] = range(10)
+_IS_OPERATOR = np.zeros(256, dtype=bool)
+_IS_OPERATOR[list(OPERATOR_IDS)] = True
+
+
+def _operator_values(kinds: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Values (n,) of n operator nodes from their arguments' digits: kinds (n,) the operators'
+    token ids, counts (10, n) how many arguments of each are 0..9. Each operator is a function of
+    that multiset, so one histogram serves all four (``apply_operator`` is the reference)."""
+    cumulative = counts.cumsum(axis=0)  # cumulative[d]: how many arguments are <= d
+    total = cumulative[-1]
+    smallest = (cumulative == 0).sum(axis=0)
+    largest = (cumulative < total).sum(axis=0)
+    # the digits at sorted positions (n - 1) // 2 and n // 2: the same one when n is odd
+    median = ((cumulative <= (total - 1) // 2).sum(axis=0) + (cumulative <= total // 2).sum(axis=0)) // 2
+    sum_mod_10 = (counts * _DIGITS).sum(axis=0) % 10
+    return np.choose(kinds - OPERATOR_IDS[0], (smallest, largest, median, sum_mod_10))
+
+
+def _evaluate_chunk(tokens: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """``evaluate`` for the expressions of one chunk."""
+    depth_change = _DEPTH_CHANGE[tokens]
+    # a node's level: how many operators enclose it (the expressions are balanced, so the depth is
+    # back at 0 between them); an operator's arguments are the nodes one level below it
+    levels = np.cumsum(depth_change, dtype=np.int32) - depth_change
+    deepest = int(levels.max())
+    # node positions by level, in token order within a level, "]" last: a stable sort (radix on
+    # 16-bit keys)
+    is_close = tokens == CLOSE_ID
+    keys = np.where(is_close, deepest + 1, levels).astype(np.uint16 if deepest + 1 < 2**16 else np.int32)
+    by_level = np.argsort(keys, kind="stable")
+    level_starts = np.concatenate(([0], np.cumsum(np.bincount(levels[~is_close], minlength=deepest + 1))))
+    is_operator, values = _IS_OPERATOR[tokens], _DIGIT_VALUE[tokens]
+    for level in range(deepest - 1, -1, -1):
+        candidates = by_level[level_starts[level] : level_starts[level + 1]]
+        operators = candidates[is_operator[candidates]]
+        if not len(operators):
+            continue
+        # the nodes one level down fall into contiguous runs, one per operator, in the same order
+        arguments = by_level[level_starts[level + 1] : level_starts[level + 2]]
+        first_argument = np.searchsorted(arguments, operators)
+        owner = np.repeat(np.arange(len(operators)), np.diff(first_argument, append=len(arguments)))
+        n = len(operators)
+        counts = np.bincount(values[arguments] * n + owner, minlength=10 * n).reshape(10, n)
+        values[operators] = _operator_values(tokens[operators], counts)
+    return values[offsets[:-1]]  # an expression's first token is its root
+
+
+def evaluate(tokens: np.ndarray, offsets: np.ndarray, chunk_tokens: int = 2**17) -> np.ndarray:
+    """The values (n,) of n well-formed expressions packed as by ``pack`` (token ids; offsets
+    (n + 1,)): vectorised, one nesting level at a time from the deepest, in chunks of about
+    ``chunk_tokens`` tokens (temporary arrays that stay in the CPU's cache) on a few threads
+    (numpy releases the GIL): LRA's 96k training expressions (99M tokens) in about 3 s on 2 cores, 5 s
+    on one."""
+    chunks = []
+    first = 0
+    while first < len(offsets) - 1:
+        last = max(int(np.searchsorted(offsets, offsets[first] + chunk_tokens, side="right")) - 1, first + 1)
+        chunks.append((first, last))
+        first = last
+
+    def evaluate_chunk(bounds: tuple[int, int]) -> np.ndarray:
+        first, last = bounds
+        start = offsets[first]
+        return _evaluate_chunk(tokens[start : offsets[last]], offsets[first : last + 1] - start)
+
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        values = list(pool.map(evaluate_chunk, chunks))
+    return np.concatenate(values) if values else np.zeros(0, dtype=np.int64)
 
 
 class _TooLongError(Exception):
@@ -304,10 +384,38 @@ def _example(source: str, target: str, where: str, max_length: int) -> tuple[lis
     return ids, _label(target, where)
 
 
-def read_listops_tsv(path: Path, max_length: int = LRA_MAX_LENGTH) -> tuple[list[list[int]], list[int]]:
-    """An LRA file: a header ``Source<TAB>Target``, then one expression of at most ``max_length``
-    tokens and its value per line (UTF-8). Errors name the file and line."""
-    expressions, labels = [], []
+def pack(expressions: list[list[int]], labels: list[int]) -> dict[str, np.ndarray]:
+    """Ragged token lists as one flat uint8 array with offsets (98k LRA examples in ~100 MB)."""
+    offsets = np.zeros(len(expressions) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(e) for e in expressions])
+    tokens = np.fromiter((t for e in expressions for t in e), dtype=np.uint8, count=int(offsets[-1]))
+    return {"tokens": tokens, "offsets": offsets, "labels": np.asarray(labels, dtype=np.int64)}
+
+
+def pack_checked(expressions: list[list[int]], labels: list[int], places: list[str]) -> dict[str, np.ndarray]:
+    """``pack``, after checking that every label is its expression's value (``evaluate``): a file's
+    wrong label would otherwise train and score the model against a wrong answer. The error names
+    the first such example by ``places`` (its file and line) and counts the others."""
+    packed = pack(expressions, labels)
+    values = evaluate(packed["tokens"], packed["offsets"])
+    wrong = np.flatnonzero(values != packed["labels"])
+    if len(wrong):
+        i = int(wrong[0])
+        value = int(values[i])
+        others = f" (and {len(wrong) - 1} more)" if len(wrong) > 1 else ""
+        raise ValueError(
+            f"{places[i]}: the expression's value is {value} but its label (Target) is {labels[i]}{others}; a "
+            f"label must be the value: MIN, MAX, MED (the median; for an even count the mean of the middle two, "
+            f"rounded down, as LRA's int(np.median)), SM (the sum mod 10)"
+        )
+    return packed
+
+
+def read_listops_tsv(path: Path, max_length: int = LRA_MAX_LENGTH) -> dict[str, np.ndarray]:
+    """An LRA file, packed (``pack``): a header ``Source<TAB>Target``, then one expression of at most
+    ``max_length`` tokens and its value per line (UTF-8). Errors name the file and line, a label
+    that is not its expression's value included."""
+    expressions, labels, places = [], [], []
     lines = utf8_lines(path)
     header = next(lines, "").rstrip("\r\n").split("\t")
     if header != ["Source", "Target"]:
@@ -322,32 +430,25 @@ def read_listops_tsv(path: Path, max_length: int = LRA_MAX_LENGTH) -> tuple[list
         tokens, label = _example(*fields, where, max_length)
         expressions.append(tokens)
         labels.append(label)
+        places.append(where)
     if not expressions:
         raise ValueError(f"{path}: no examples in the file")
-    return expressions, labels
+    return pack_checked(expressions, labels, places)
 
 
-def read_listops_huggingface(
-    directory: Path, split: str, max_length: int = LRA_MAX_LENGTH
-) -> tuple[list[list[int]], list[int]]:
-    """A ``datasets.DatasetDict`` saved with ``save_to_disk``: splits train/validation/test with
-    the LRA columns Source and Target, expressions of at most ``max_length`` tokens."""
+def read_listops_huggingface(directory: Path, split: str, max_length: int = LRA_MAX_LENGTH) -> dict[str, np.ndarray]:
+    """A ``datasets.DatasetDict`` saved with ``save_to_disk``, one split packed (``pack``): splits
+    train/validation/test with the LRA columns Source and Target, expressions of at most
+    ``max_length`` tokens, each Target its expression's value."""
     from datasets import load_from_disk  # only this source needs it
 
     dataset = load_from_disk(str(directory))[HF_SPLITS[split]]
-    where = f"{directory} ({HF_SPLITS[split]})"
+    places = [f"{directory} ({HF_SPLITS[split]}) row {i}" for i in range(len(dataset))]
     pairs = [
-        _example(row["Source"], str(row["Target"]), f"{where} row {i}", max_length) for i, row in enumerate(dataset)
+        _example(row["Source"], str(row["Target"]), place, max_length)
+        for row, place in zip(dataset, places, strict=True)
     ]
-    return [tokens for tokens, _ in pairs], [label for _, label in pairs]
-
-
-def pack(expressions: list[list[int]], labels: list[int]) -> dict[str, np.ndarray]:
-    """Ragged token lists as one flat uint8 array with offsets (98k LRA examples in ~100 MB)."""
-    offsets = np.zeros(len(expressions) + 1, dtype=np.int64)
-    offsets[1:] = np.cumsum([len(e) for e in expressions])
-    tokens = np.fromiter((t for e in expressions for t in e), dtype=np.uint8, count=int(offsets[-1]))
-    return {"tokens": tokens, "offsets": offsets, "labels": np.asarray(labels, dtype=np.int64)}
+    return pack_checked([tokens for tokens, _ in pairs], [label for _, label in pairs], places)
 
 
 class PaddedTokenDataset(Dataset):
@@ -462,12 +563,10 @@ class ListOpsDataModule(SplitDataModule):
     def _load(self) -> dict[str, dict[str, np.ndarray]]:
         max_length = self.generation["max_length"]
         if self.source == "tsv":
-            return {
-                split: pack(*read_listops_tsv(self.directory / name, max_length)) for split, name in TSV_FILES.items()
-            }
+            return {split: read_listops_tsv(self.directory / name, max_length) for split, name in TSV_FILES.items()}
         if self.source == "huggingface":
             directory = self.directory / "huggingface"
-            return {split: pack(*read_listops_huggingface(directory, split, max_length)) for split in TSV_FILES}
+            return {split: read_listops_huggingface(directory, split, max_length) for split in TSV_FILES}
         params = {**self.generation, "generator": GENERATOR}
         arrays = cached_arrays(self.directory, "generated", params, lambda: self._generate())
         return {

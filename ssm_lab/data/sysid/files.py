@@ -5,6 +5,7 @@ Each returns {"train": Record, <test record name>: Record, ...}; files live in
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,29 @@ def _one_value(path: Path, name: str, values: np.ndarray) -> float:
     return float(values[0])
 
 
+def _sampling_time(path: Path, name: str, values: np.ndarray) -> float:
+    """The sampling time in s a variable holds; it must be positive and finite."""
+    sampling_time = _one_value(path, name, values)
+    if not (math.isfinite(sampling_time) and sampling_time > 0):
+        raise ValueError(
+            f"{path}: variable {name!r} is {sampling_time}; a sampling time must be a positive finite number of s"
+        )
+    return sampling_time
+
+
+def _sampling_time_of_frequency(path: Path, name: str, values: np.ndarray) -> float:
+    """1 / the sampling frequency in Hz a variable holds, which must be positive and finite and so
+    must its inverse (a frequency of 0, or below 1 / the largest float, is an infinite sampling time)."""
+    frequency = _one_value(path, name, values)
+    sampling_time = 1 / frequency if frequency else math.inf
+    if not (math.isfinite(frequency) and frequency > 0 and math.isfinite(sampling_time)):
+        raise ValueError(
+            f"{path}: variable {name!r} is {frequency}; a sampling frequency must be a positive finite number of Hz "
+            f"(its inverse, the sampling time, finite too)"
+        )
+    return sampling_time
+
+
 def _same_length(path: Path, **signals: np.ndarray) -> None:
     lengths = {name: len(v) for name, v in signals.items()}
     if len(set(lengths.values())) != 1:
@@ -65,7 +89,7 @@ def wiener_hammerstein_files(directory: Path) -> dict[str, Record]:
     path = directory / "WienerHammerBenchMark.mat"
     v = read_mat(path, ("uBenchMark", "yBenchMark", "fs"))
     _same_length(path, uBenchMark=v["uBenchMark"], yBenchMark=v["yBenchMark"])
-    sampling_time = 1 / _one_value(path, "fs", v["fs"])
+    sampling_time = _sampling_time_of_frequency(path, "fs", v["fs"])
     full = Record(column(v["uBenchMark"]), column(v["yBenchMark"] * VOLTS_TO_MV), sampling_time, str(path))
     data = full[5200:184000]
     return {"train": data[:100000], "test": data[100000:]}
@@ -94,7 +118,7 @@ def cascaded_tanks_files(directory: Path) -> dict[str, Record]:
     v = read_mat(path, ("uEst", "uVal", "yEst", "yVal", "Ts"))
     _same_length(path, uEst=v["uEst"], yEst=v["yEst"])
     _same_length(path, uVal=v["uVal"], yVal=v["yVal"])
-    ts = _one_value(path, "Ts", v["Ts"])
+    ts = _sampling_time(path, "Ts", v["Ts"])
     return {
         "train": Record(column(v["uEst"]), column(v["yEst"]), ts, f"{path} (Est)"),
         "test": Record(column(v["uVal"]), column(v["yVal"]), ts, f"{path} (Val)"),
@@ -108,9 +132,13 @@ def emps_files(directory: Path) -> dict[str, Record]:
         path = directory / name
         v = read_mat(path, ("qm", "vir", "t"), min_samples=2)  # the sampling time is t[1] - t[0]
         _same_length(path, qm=v["qm"], vir=v["vir"], t=v["t"])
-        records[split] = Record(
-            column(v["vir"]), column(v["qm"] * METRES_TO_MM), float(v["t"][1] - v["t"][0]), str(path)
-        )
+        step = float(v["t"][1] - v["t"][0])
+        if not (math.isfinite(step) and step > 0):
+            raise ValueError(
+                f"{path}: variable 't' steps by t[1] - t[0] = {step}; a sampling time must be a positive finite "
+                f"number of s (t: the sample times, increasing)"
+            )
+        records[split] = Record(column(v["vir"]), column(v["qm"] * METRES_TO_MM), step, str(path))
     return records
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,8 +27,10 @@ class Record:
             raise ValueError(f"record {self.name!r}: u has {len(self.u)} samples but y has {len(self.y)}")
         if not (np.isfinite(self.u).all() and np.isfinite(self.y).all()):
             raise ValueError(f"record {self.name!r}: u or y holds NaN or Inf")
-        if self.sampling_time <= 0:
-            raise ValueError(f"record {self.name!r}: sampling_time must be positive, got {self.sampling_time}")
+        if not (math.isfinite(self.sampling_time) and self.sampling_time > 0):  # NaN fails both comparisons
+            raise ValueError(
+                f"record {self.name!r}: sampling_time must be a positive finite number of s, got {self.sampling_time}"
+            )
 
     def __len__(self) -> int:
         return len(self.u)
