@@ -7,22 +7,26 @@ summary lists them under ``non_finite`` and the run's report warns.
 
 Sweeps and clusters: a per-run file lock lets concurrent sweeps share a results_dir (each run is
 trained by one process, a completed one never again); under DDP only global rank 0 locks and
-writes the record. A run stopped by SIGTERM (Ctrl-C, scancel, preemption) or by submitit's USR2
-requeue is recorded as interrupted and exits non-zero; its next launch resumes from last.ckpt,
-which is only written at epoch ends, so the resumed run replays the uninterrupted one exactly."""
+writes the record, and where a launcher starts every rank (srun, submitit_local's tasks, torchrun) the
+other ranks train or skip as rank 0 decided. A run stopped by SIGTERM (Ctrl-C, scancel, preemption) or by
+submitit's USR2 requeue is recorded as interrupted, naming the signal, and exits non-zero; its next launch
+resumes from last.ckpt, which is only written at epoch ends, so the resumed run replays the uninterrupted
+one exactly."""
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import math
 import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -127,6 +131,123 @@ def is_rank_zero() -> bool:
     return all(int(os.environ.get(key, "0")) == 0 for key in ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID"))
 
 
+#: What rank 0 tells the other ranks of its launch when it trains the run; else it tells them why it skips it.
+TRAIN = "train"
+#: How long the ranks of one launch wait for each other before DDP starts: the others for rank 0's decision, rank 0
+#: for each of them to have read it.
+RANK_AGREEMENT_TIMEOUT_S = 600.0
+#: The environment that the processes of one launch share and no other launch does: the job, step and restart of
+#: SLURM, torchrun's run and restart, submitit_local's job, the rendezvous address.
+LAUNCH_KEYS = (
+    "SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_RESTART_COUNT", "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",
+    "SUBMITIT_LOCAL_JOB_ID", "MASTER_ADDR", "MASTER_PORT",
+)  # fmt: skip
+
+
+def _launcher_processes() -> int:
+    """How many processes a launcher started for this run, each running it from the start: torchrun's workers,
+    srun's tasks, submitit_local's tasks. 1 where Lightning starts a DDP run's other processes itself (from rank 0,
+    once it trains the run)."""
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    return int(os.environ.get("SLURM_STEP_NUM_TASKS") or os.environ.get("SUBMITIT_LOCAL_NTASKS") or 1)
+
+
+def _submitit_local_ranks() -> None:
+    """Tell Lightning, the way torchrun does (LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), that a submitit_local
+    job's tasks are a DDP run's processes, one per device, as srun's tasks are on SLURM: else it starts them itself by
+    re-running the command line, which in a submitit job is submitit's and cannot start a run. The rendezvous port
+    follows from the job id (the pid of submitit's controller), below Linux's ephemeral ports, unless MASTER_PORT
+    is set."""
+    tasks = int(os.environ.get("SUBMITIT_LOCAL_NTASKS") or 1)
+    if tasks == 1 or os.environ.get("SUBMITIT_EXECUTOR") != "local" or "LOCAL_RANK" in os.environ:
+        return
+    rank = os.environ["SUBMITIT_LOCAL_GLOBALID"]
+    port = os.environ.get("MASTER_PORT") or str(15000 + int(os.environ["SUBMITIT_LOCAL_JOB_ID"]) % 15000)
+    os.environ.update(
+        RANK=rank, LOCAL_RANK=rank, NODE_RANK="0", WORLD_SIZE=str(tasks), MASTER_ADDR="127.0.0.1", MASTER_PORT=port
+    )
+
+
+def _decision_file(path: Path) -> Path:
+    """Where rank 0 of this launch leaves its decision on the run for the launch's other processes."""
+    launch = "\n".join(f"{key}={os.environ.get(key, '')}" for key in LAUNCH_KEYS)
+    return path / f".launch-{hashlib.sha1(launch.encode()).hexdigest()[:12]}"
+
+
+def _wait_until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + RANK_AGREEMENT_TIMEOUT_S
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {RANK_AGREEMENT_TIMEOUT_S:.0f} s for {what}")
+        time.sleep(0.05)
+
+
+def _tell_other_ranks(path: Path, decision: str) -> None:
+    """Rank 0's ``decision`` on the run (TRAIN, or why it skips) for the processes that the launcher started beside
+    it; returns once each has read it, its files removed. They would otherwise each decide alone, and one that
+    trains while rank 0 skips waits in DDP's rendezvous for the process group's timeout (30 minutes)."""
+    processes = _launcher_processes()
+    if processes == 1:
+        return
+    note = _decision_file(path)
+    atomic_write(note, decision)
+    receipts = [note.with_name(f"{note.name}.rank{rank}") for rank in range(1, processes)]
+    try:
+        _wait_until(lambda: all(receipt.exists() for receipt in receipts), f"ranks 1-{processes - 1} to read {note}")
+    finally:
+        for file in (note, *receipts):
+            file.unlink(missing_ok=True)
+
+
+def _rank_zero_decision(path: Path) -> str:
+    """The decision of rank 0 of this launch on the run (TRAIN, or why it skips), once it has made it."""
+    note = _decision_file(path)
+    _wait_until(note.exists, f"the decision of rank 0 in {note}")
+    decision = note.read_text()
+    rank = os.environ.get("RANK") or os.environ["SLURM_PROCID"]
+    atomic_write(note.with_name(f"{note.name}.rank{rank}"), "")  # read: rank 0 may remove the note
+    return decision
+
+
+def _sweep_launcher() -> str | None:
+    """The sweep launcher (hydra/launcher) whose worker is this process: a process whose command line is the
+    launcher's own, not run_experiment.py's."""
+    if executor := os.environ.get("SUBMITIT_EXECUTOR"):
+        return f"submitit_{executor}"
+    if multiprocessing.current_process().name.startswith("LokyProcess"):
+        return "joblib"
+    return None
+
+
+def _check_processes(trainer: L.Trainer, trainer_cfg: dict[str, Any]) -> None:
+    """A run of N processes (DDP) needs them started: by its launcher, beside this one (srun's or submitit_local's
+    tasks, torchrun's workers), N of them; or by Lightning, which re-runs this process's command line, so only where
+    that is run_experiment.py's (no sweep launcher, or the basic one)."""
+    needed, started, launcher = trainer.world_size, _launcher_processes(), _sweep_launcher()
+    if started == needed or (started == 1 and launcher is None):
+        return
+    nodes = trainer_cfg.get("num_nodes", 1)
+    devices = f"trainer.devices={trainer_cfg.get('devices')}" + (f" x num_nodes={nodes}" if nodes != 1 else "")
+    if launcher == "joblib":
+        raise ValueError(
+            f"{devices} runs {needed} DDP processes, which Lightning starts by re-running the command line, and that "
+            "of a hydra/launcher=joblib worker is joblib's: launch DDP runs with hydra/launcher=submitit_local or "
+            "submitit_slurm (one task per process: their tasks_per_node follows trainer.devices), or without "
+            "hydra/launcher (the basic launcher, one run after another)"
+        )
+    if launcher is not None:
+        raise ValueError(
+            f"{devices} runs {needed} DDP processes, one per task of a hydra/launcher={launcher} job, and this job "
+            f"has {started}: set hydra.launcher.tasks_per_node={max(needed // nodes, 1)} (the launcher's default "
+            "follows trainer.devices)"
+        )
+    raise ValueError(
+        f"the launcher started {started} processes for this run and {devices} runs {needed}: start one per process "
+        "(torchrun --nproc-per-node, srun --ntasks-per-node)"
+    )
+
+
 def _cluster_plugins() -> list[SLURMEnvironment]:
     """Under SLURM, Lightning's cluster environment without its auto-requeue: submitit requeues on
     USR2, and Lightning's handler would save a mid-epoch checkpoint that a resume cannot replay."""
@@ -139,9 +260,21 @@ def _finished(path: Path) -> dict[str, Any] | None:
     summary = read_summary(path)
     if not summary or summary.get("status") not in ("completed", "failed"):
         return None
-    status = "complete" if summary["status"] == "completed" else f"failed ({summary.get('reason')}; remove it to retry)"
-    print(f"[ssm_lab] run already {status}, skipped: {path}")
     return summary
+
+
+def _skip(path: Path, summary: dict[str, Any] | None) -> dict[str, Any]:
+    """Skip the run (finished, or ``summary`` None: in progress in another process), saying why, and with it
+    the other processes of this launch."""
+    if summary is None:
+        why = "run is in progress in another process"
+    elif summary["status"] == "completed":
+        why = "run already complete"
+    else:
+        why = f"run already failed ({summary.get('reason')}; remove it to retry)"
+    print(f"[ssm_lab] {why}, skipped: {path}")
+    _tell_other_ranks(path, why)
+    return summary or read_summary(path) or {"status": "running", "run_dir": str(path)}
 
 
 def _job_log() -> str | None:
@@ -182,6 +315,7 @@ def _without_lightning_hints() -> Iterator[None]:
 
 
 def _run(cfg: DictConfig, callbacks: Sequence[L.Callback]) -> dict[str, Any]:
+    _submitit_local_ranks()
     auto_source = OmegaConf.select(cfg, "data.source") == "auto"
     cfg = finalize(cfg)
     if auto_source:  # the run records the source that auto picked (ssm_lab.config.resolve_data_source)
@@ -191,18 +325,28 @@ def _run(cfg: DictConfig, callbacks: Sequence[L.Callback]) -> dict[str, Any]:
         )
     _check_run_values(cfg)
     path = run_dir(cfg)
-    if summary := _finished(path):
-        return summary
     if not is_rank_zero():
-        return _train(cfg, path, read_summary(path) or {}, callbacks)
+        return _follow_rank_zero(cfg, path, callbacks)
+    if summary := _finished(path):
+        return _skip(path, summary)
     created = not path.exists()
     with run_lock(path) as locked:
         if not locked:
-            print(f"[ssm_lab] run is in progress in another process, skipped: {path}")
-            return read_summary(path) or {"status": "running", "run_dir": str(path)}
+            return _skip(path, None)
         if summary := _finished(path):  # finished by another sweep between our first look and the lock
-            return summary
+            return _skip(path, summary)
+        _tell_other_ranks(path, TRAIN)
         return _train(cfg, path, read_summary(path) or {}, callbacks, created)
+
+
+def _follow_rank_zero(cfg: DictConfig, path: Path, callbacks: Sequence[L.Callback]) -> dict[str, Any]:
+    """A process of rank > 0 trains the run with rank 0, or skips it with rank 0. Lightning starts its DDP
+    processes from rank 0 once that trains the run; a launcher's (srun, torchrun) start with it and wait for its
+    decision."""
+    if _launcher_processes() > 1 and (decision := _rank_zero_decision(path)) != TRAIN:
+        print(f"[ssm_lab] {decision}, skipped: {path}")
+        return read_summary(path) or {"status": "running", "run_dir": str(path)}
+    return _train(cfg, path, read_summary(path) or {}, callbacks)
 
 
 def _remove_unused_run_folder(path: Path) -> None:
@@ -233,7 +377,7 @@ def _build(
     checkpointing = ModelCheckpoint(
         dirpath=path / "checkpoints", filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False,
         save_on_train_epoch_end=True,
-    )
+    )  # fmt: skip
     trainer_cfg = OmegaConf.to_container(cfg.trainer)
     trainer_cfg["enable_progress_bar"] = _progress_bar(trainer_cfg.get("enable_progress_bar"))
     if plugins := _cluster_plugins():
@@ -241,6 +385,7 @@ def _build(
     trainer: L.Trainer = instantiate(
         trainer_cfg, default_root_dir=str(path), logger=logger, callbacks=[checkpointing, recorder, *callbacks]
     )
+    _check_processes(trainer, trainer_cfg)
     task.configure_optimizers()  # built again by fit; a bad optimizer or scheduler value fails here, before any record
     return datamodule, task, logger, recorder, trainer
 
@@ -297,22 +442,22 @@ def _train(
             _report(path, summary)
         return summary
 
+    received: list[int] = []  # the requeue signal, when it came
     try:
-        trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
-        if isinstance(loader := trainer.train_dataloader, DataLoader):  # gone once trainer.test has run
-            summary["batch_size_per_process"] = loader.batch_size
-        if trainer.global_step < cfg.trainer.max_steps:  # stopped early (by a callback): not a completed run
-            return record("interrupted", reason=f"stopped at step {trainer.global_step} of {cfg.trainer.max_steps}")
-        trainer.test(task, datamodule=datamodule, verbose=False)
+        with _noting_signal(signal.SIGUSR2, received):
+            trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+            if isinstance(loader := trainer.train_dataloader, DataLoader):  # gone once trainer.test has run
+                summary["batch_size_per_process"] = loader.batch_size
+            if trainer.global_step < cfg.trainer.max_steps:  # stopped early (by a callback): not a completed run
+                return record("interrupted", reason=f"stopped at step {trainer.global_step} of {cfg.trainer.max_steps}")
+            trainer.test(task, datamodule=datamodule, verbose=False)
     except NonFiniteLossError as error:
         return record("failed", reason=str(error))
     except SIGTERMException as error:  # Lightning stopped at a batch end; report the signal to the launcher
         record("interrupted", reason=f"SIGTERM at step {trainer.global_step}")
         _terminate(128 + signal.SIGTERM, error)
     except BaseException as error:  # Ctrl-C, submitit's requeue, a crash: the next launch resumes from last.ckpt
-        # Lightning turns Ctrl-C into SystemExit(1) after its shutdown: the reason names the KeyboardInterrupt
-        stop = error.__context__ if isinstance(error.__context__, KeyboardInterrupt) else error
-        record("interrupted", reason=f"{type(stop).__name__}: {stop}".rstrip(": "))
+        record("interrupted", reason=_interruption(error, received, trainer.global_step))
         raise
     if hasattr(task.model, "certified_gain_bound"):
         from ssm_lab.models.certificate import audit  # only certified models need it
@@ -321,11 +466,42 @@ def _train(
     return record("completed")
 
 
+@contextmanager
+def _noting_signal(signum: int, received: list[int]) -> Iterator[None]:
+    """Appends ``signum`` to ``received`` when it comes, then hands it to the handler installed before: submitit's
+    USR2 handler (SLURM's warning before a time limit or a preemption) requeues the job and exits with a
+    SystemExit that alone does not say why the run stopped."""
+    previous = signal.getsignal(signum)
+    if not callable(previous) or threading.current_thread() is not threading.main_thread():
+        yield  # no handler of Python's to hand it to; and only the main thread can install one
+        return
+
+    def note(number: int, frame: Any) -> None:
+        received.append(number)
+        previous(number, frame)
+
+    signal.signal(signum, note)
+    try:
+        yield
+    finally:
+        signal.signal(signum, previous)
+
+
+def _interruption(error: BaseException, received: list[int], step: int) -> str:
+    """Why a run stopped on ``error``: the signal it received (submitit's requeue on USR2 exits with a SystemExit),
+    Ctrl-C (Lightning turns it into SystemExit(1) after its shutdown), or the error."""
+    if received:
+        stop = f"{signal.Signals(received[0]).name} at step {step}"
+        return stop if isinstance(error, SystemExit) else f"{stop} ({type(error).__name__}: {error})"
+    stop = error.__context__ if isinstance(error.__context__, KeyboardInterrupt) else error
+    return f"{type(stop).__name__}: {stop}".rstrip(": ")
+
+
 def _terminate(code: int, signal_error: BaseException) -> NoReturn:
     """End the process after a SIGTERM with ``code``: SystemExit, except in a joblib worker (loky), which catches
     SystemExit and lives on, idle for minutes after its sweep was stopped, holding its memory (and on a GPU its
     CUDA context, in the way of the relaunch); there the process exits at once, its record already written."""
-    if multiprocessing.current_process().name.startswith("LokyProcess"):
+    if _sweep_launcher() == "joblib":
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -5,8 +5,16 @@ with exactly the metrics of an uninterrupted run (CPU, bitwise)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+from typing import TypeVar
 
 import lightning as L
 import pytest
@@ -14,6 +22,9 @@ import torch
 
 from ssm_lab.results import read_metrics, read_summary, run_dir
 from ssm_lab.train import run
+
+REPO = Path(__file__).resolve().parents[1]
+T = TypeVar("T")
 
 
 class SignalAtStep(L.Callback):
@@ -52,3 +63,54 @@ def test_sigterm_mid_epoch_then_relaunch_matches_uninterrupted_run(make_config, 
     assert resumed["final"] == reference["final"]
     assert resumed["best"] == reference["best"]
 
+
+def test_usr2_requeue_is_recorded_as_the_signal_and_the_requeued_job_resumes_exactly(make_config, train, tmp_path):
+    """submitit's answer to USR2 (what SLURM sends before a time limit, and on preemption), here in a submitit_local
+    job: it requeues the job and exits with SystemExit. The run is recorded interrupted by SIGUSR2 (not by
+    "SystemExit: 144"), and the job's second start resumes it to the metrics of an uninterrupted run."""
+    overrides = ("seed=0", "trainer.max_steps=100")  # five epochs of 20 steps: room to signal after the first
+    results = tmp_path / "local"
+    sweep = subprocess.Popen(
+        [sys.executable, "run_experiment.py", "-m", "scale=smoke", "logger=none", "hydra/launcher=submitit_local",
+         f"hydra.launcher.submitit_folder={results / 'submitit' / '%j'}", f"results_dir={results}",
+         f"data_dir={tmp_path / 'data'}", *overrides],
+        cwd=REPO, env={**os.environ, "CI": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: next((results / "runs").glob("*/*/checkpoints/last.ckpt"), None), "the first checkpoint")
+        os.kill(wait_until(lambda: job_task(results), "the job's task"), signal.SIGUSR2)
+        output = sweep.communicate(timeout=120)[0]
+    finally:
+        if sweep.poll() is None:  # what a failed wait left running
+            os.killpg(sweep.pid, signal.SIGKILL)
+    assert sweep.returncode == 0, output
+
+    (log,) = (results / "submitit").glob("*/*_0_log.out")  # both starts of the job write to it
+    reasons = [line for line in log.read_text().splitlines() if line.startswith("[ssm_lab] reason: ")]
+    assert len(reasons) == 1 and re.fullmatch(r"\[ssm_lab\] reason: SIGUSR2 at step \d+", reasons[0]), reasons
+    path = run_dir(make_config(*overrides, f"results_dir={results}"))
+    resumed = read_summary(path)
+    assert resumed["status"] == "completed"
+    assert resumed["resumed_from_step"] in (20, 40, 60, 80), resumed  # it did stop before the end
+    reference = train(*overrides)  # the same run, uninterrupted, in this process
+    assert read_metrics(path) == read_metrics(run_dir(make_config(*overrides)))
+    assert resumed["final"] == reference["final"]
+
+
+def job_task(results: Path) -> int | None:
+    """The pid of the process running the submitit job whose files are under ``results``."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        with suppress(OSError):
+            if b"submitit.core._submit" in (argv := cmdline.read_bytes()) and str(results).encode() in argv:
+                return int(cmdline.parent.name)
+    return None
+
+
+def wait_until(condition: Callable[[], T | None], what: str, timeout_s: float = 120) -> T:
+    deadline = time.monotonic() + timeout_s
+    while (value := condition()) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout_s:.0f} s for {what}")
+        time.sleep(0.05)
+    return value

@@ -1,11 +1,13 @@
 """Sweeps through hydra/launcher=submitit_slurm on the real single-node cluster of scripts/slurm/
 (start it with scripts/slurm/start.sh; .ci/run does). A job preempted with USR2 is requeued by
-submitit and its run resumes to the metrics of an uninterrupted one; a failed job is reported with
-its log and the others still record; a bad partition or a cluster that is down fail clearly."""
+submitit, its run is recorded interrupted by SIGUSR2 and resumes to the metrics of an uninterrupted
+one; a failed job is reported with its log and the others still record; a bad partition or a cluster
+that is down fail clearly."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from ssm_lab.results import read_metrics, read_summary, run_dir
+from ssm_lab.train import run_lock
 
 pytestmark = pytest.mark.slurm
 
@@ -101,10 +104,37 @@ def test_sweep_on_slurm_survives_preemption_and_records_every_run(slurm_env, mak
         env=slurm_env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert "REQUEUED" in sacct.stdout, sacct.stdout
+    log = next(first_task.glob("*_0_log.out")).read_text()  # both starts of the job write to it
+    assert re.search(r"^\[ssm_lab\] reason: SIGUSR2 at step \d+$", log, re.MULTILINE), log[-3000:]  # not SystemExit
 
     reference = train("seed=0", *overrides)  # the same run, uninterrupted, in this process
     assert read_metrics(path) == read_metrics(run_dir(make_config("seed=0", *overrides)))
     assert preempted["final"] == reference["final"]
+
+
+def test_a_ddp_relaunch_of_a_run_in_progress_elsewhere_skips_on_every_task(slurm_env, make_config, tmp_path):
+    """trainer=ddp on SLURM: srun starts one task per process, each running the run from the start. While another
+    process trains the run (holding its lock), both tasks skip it and the job ends at once; rank 1 used to wait in
+    DDP's rendezvous for a rank 0 that had skipped, for the process group's 30-minute timeout."""
+    results, ddp = tmp_path / "slurm", ("trainer=ddp", "trainer.devices=2", "trainer.accelerator=cpu")
+    path = run_dir(make_config(*ddp, f"results_dir={results}"))
+    with run_lock(path) as locked:  # the other process, training the run
+        assert locked
+        sweep = subprocess.Popen(
+            sweep_command(results, *ddp), cwd=REPO, env=slurm_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        try:
+            output = sweep.communicate(timeout=120)[0]
+        finally:
+            sweep.kill()
+            jobs = [folder.name for folder in (results / "submitit").glob("[0-9]*")]
+            subprocess.run(["scancel", *jobs], env=slurm_env, timeout=60, check=False)  # a hung job, if any
+    assert sweep.returncode == 0, output
+    for task in (0, 1):
+        log = next((results / "submitit").glob(f"*/*_{task}_log.out")).read_text()
+        assert f"[ssm_lab] run is in progress in another process, skipped: {path}" in log, log[-3000:]
+    assert sorted(p.name for p in path.iterdir()) == [".lock"]  # nothing recorded, nothing left behind
 
 
 def test_failed_job_is_reported_with_its_log_and_the_others_still_record(slurm_env, tmp_path):
@@ -132,7 +162,7 @@ def test_unknown_partition_fails_at_submission_naming_it(slurm_env, tmp_path):
     assert "invalid partition specified: no_such_partition" in done.stdout + done.stderr
 
 
-def test_cluster_that_is_down_fails_at_submission(slurm_env, tmp_path):
+def test_cluster_that_is_down_fails_before_submission_in_one_line(slurm_env, tmp_path):
     conf = Path(slurm_env["SLURM_CONF"]).read_text()
     down = tmp_path / "slurm.conf"  # the same cluster, its controller looked for on a port nobody serves
     lines = ["SlurmctldPort=1" if line.startswith("SlurmctldPort=") else line for line in conf.splitlines()]
@@ -141,5 +171,8 @@ def test_cluster_that_is_down_fails_at_submission(slurm_env, tmp_path):
         sweep_command(tmp_path / "slurm", "seed=0"), cwd=REPO, env={**slurm_env, "SLURM_CONF": str(down)},
         capture_output=True, text=True, timeout=WAIT_S,
     )  # fmt: skip
+    output = done.stdout + done.stderr
     assert done.returncode != 0
-    assert "Unable to contact slurm controller" in done.stdout + done.stderr
+    assert "error: hydra/launcher=submitit_slurm: no SLURM cluster answers here (" in output
+    assert "Unable to contact slurm controller" in output
+    assert "Traceback" not in output, output  # one line, before anything is submitted

@@ -14,9 +14,11 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from hydra.plugins.launcher import Launcher
-from hydra.utils import get_class
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
+from experiments.__main__ import main as figures_cli
+from experiments.harness import Session
 from ssm_lab.config import CONFIG_DIR
 from ssm_lab.results import final_and_best, gather, read_metrics, read_summary
 
@@ -76,9 +78,13 @@ def test_joblib_sweep_then_two_concurrent_relaunches_train_each_run_once(tmp_pat
     # both, and each new run is trained by one of them while the other skips or waits it out.
     sweeps = [
         subprocess.Popen(
-            sweep_command(results, "seed=0,1,2,3"), cwd=REPO, env=sweep_env(), stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            sweep_command(results, "seed=0,1,2,3"),
+            cwd=REPO,
+            env=sweep_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for _ in range(2)
     ]
     outputs = [sweep.communicate(timeout=SWEEP_TIMEOUT_S)[0] for sweep in sweeps]
@@ -101,11 +107,15 @@ def test_joblib_sweep_then_two_concurrent_relaunches_train_each_run_once(tmp_pat
     assert set(table["status"]) == {"completed"}
 
 
+def hydra_config(*overrides: str, config_dir: Path = CONFIG_DIR) -> DictConfig:
+    """The hydra node of `run_experiment.py -m OVERRIDES`: its launcher, callbacks, ..."""
+    with initialize_config_dir(str(config_dir), version_base="1.3"):
+        return compose("config", overrides=["scale=smoke", *overrides], return_hydra_config=True).hydra
+
+
 def launcher_config(*overrides: str, config_dir: Path = CONFIG_DIR) -> DictConfig:
     """hydra.launcher of `run_experiment.py -m OVERRIDES`, as the launcher plugin receives it."""
-    with initialize_config_dir(str(config_dir), version_base="1.3"):
-        cfg = compose("config", overrides=["scale=smoke", *overrides], return_hydra_config=True)
-    return cfg.hydra.launcher
+    return hydra_config(*overrides, config_dir=config_dir).launcher
 
 
 def test_a_stopped_joblib_sweep_leaves_no_worker_behind(tmp_path):
@@ -147,9 +157,10 @@ def test_launcher_configs_build_their_plugins(launcher):
     assert issubclass(get_class(launcher_config(f"hydra/launcher={launcher}")._target_), Launcher)
 
 
-def test_slurm_launcher_runs_one_task_per_ddp_process():
-    assert launcher_config("hydra/launcher=submitit_slurm").tasks_per_node == 1
-    assert launcher_config("hydra/launcher=submitit_slurm", "trainer=ddp", "trainer.devices=4").tasks_per_node == 4
+@pytest.mark.parametrize("launcher", ["submitit_local", "submitit_slurm"])
+def test_submitit_launchers_run_one_task_per_ddp_process(launcher):
+    assert launcher_config(f"hydra/launcher={launcher}").tasks_per_node == 1
+    assert launcher_config(f"hydra/launcher={launcher}", "trainer=ddp", "trainer.devices=4").tasks_per_node == 4
 
 
 def test_slurm_site_values_come_from_configs_local(tmp_path):
@@ -178,3 +189,65 @@ def test_a_sweep_with_zero_runs_is_an_error(tmp_path):
     assert done.returncode != 0
     assert "the sweep launched zero runs" in done.stderr and "seed=range(0,0)" in done.stderr
     assert not (tmp_path / "results" / "runs").exists()
+
+
+def test_slurm_launcher_checks_for_slurm_commands_before_a_sweep(monkeypatch):
+    """Without sbatch, srun or sinfo on PATH, a SLURM sweep stops before it starts, in one line saying what to do
+    (submitit ended in a traceback: 'Could not detect "srun", are you indeed on a slurm cluster?')."""
+    callbacks = hydra_config("hydra/launcher=submitit_slurm").callbacks
+    assert set(callbacks) == {"require_jobs", "require_slurm_cluster"}  # only this launcher's sweeps check for SLURM
+    assert set(hydra_config("hydra/launcher=submitit_local").callbacks) == {"require_jobs"}
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # python, and no SLURM client
+    with pytest.raises(SystemExit) as stopped:
+        instantiate(callbacks.require_slurm_cluster).on_multirun_start(config=hydra_config())
+    assert str(stopped.value) == (
+        "error: hydra/launcher=submitit_slurm needs SLURM's sbatch, srun, sinfo, not on PATH here; launch from a "
+        "machine of the cluster (SLURM_CONF names its slurm.conf where it is not found), or sweep here with "
+        "hydra/launcher=submitit_local or hydra/launcher=joblib"
+    )
+
+
+def test_slurm_launcher_where_no_cluster_answers_fails_in_one_line(tmp_path):
+    """sbatch on PATH, and no cluster: no slurm.conf (SLURM_CONF unset, none in /etc/slurm), no DNS record of one.
+    submitit used to end in a 40-line traceback at the first submission."""
+    if missing := [command for command in ("sbatch", "srun", "sinfo") if shutil.which(command) is None]:
+        pytest.skip(f"no SLURM client ({', '.join(missing)}) on PATH; scripts/slurm/start.sh installs one")
+    if Path("/etc/slurm/slurm.conf").exists():
+        pytest.skip("this machine has /etc/slurm/slurm.conf: a cluster may answer")
+    env = {key: value for key, value in sweep_env().items() if key != "SLURM_CONF"}
+    done = subprocess.run(
+        sweep_command(tmp_path / "results", "hydra/launcher=submitit_slurm"), cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=SWEEP_TIMEOUT_S,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert (
+        "error: hydra/launcher=submitit_slurm: no SLURM cluster answers here (sinfo: fatal: Could not establish a "
+        "configuration source); launch from a machine of the cluster"
+    ) in output
+    assert "Traceback" not in output, output
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(("launcher", "name"), [("slurm", "submitit_slurm"), ("local", "submitit_local")])
+def test_figures_refuse_a_launcher_option_the_launcher_lacks_naming_the_one_that_has_it(
+    launcher, name, capsys, tmp_path
+):
+    """`python -m experiments --set hydra.launcher.n_jobs=2` is joblib's; with another launcher every run used to fail
+    in Hydra, one by one."""
+    folders = ["--results-dir", str(tmp_path / "results"), "--data-dir", str(tmp_path / "data"), "--no-launch"]
+    with pytest.raises(SystemExit):
+        figures_cli(["--launcher", launcher, "--set", "hydra.launcher.n_jobs=2", *folders])
+    error = capsys.readouterr().err
+    assert f"--set hydra.launcher.n_jobs=2: the {name} launcher has no option 'n_jobs' (its options: " in error
+    assert "timeout_min, cpus_per_task" in error and error.rstrip().endswith("n_jobs is an option of --launcher joblib")
+    with pytest.raises(SystemExit):
+        figures_cli(["--launcher", launcher, "--set", "hydra.launcher.no_such_option=1", *folders])
+    assert capsys.readouterr().err.rstrip().endswith("; no launcher has it")
+    assert not (tmp_path / "results").exists()  # refused before anything was drawn
+
+
+def test_figures_accept_the_options_their_launcher_has(tmp_path):
+    for launcher, option in [("joblib", "n_jobs=2"), ("slurm", "partition=gpu"), ("local", "timeout_min=5")]:
+        session = Session("smoke", tmp_path, tmp_path, launcher=launcher, extra=(f"hydra.launcher.{option}",))
+        assert session.launch_overrides()[-1] == f"hydra.launcher.{option}"
