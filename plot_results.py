@@ -20,7 +20,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--metric", default="loss", help="metric to draw (loss, accuracy, rmse, ...)")
     parser.add_argument("--split", default="val", choices=["train", "val", "test"])
-    parser.add_argument("--label", default="run_id", help="run column naming each line (e.g. choices.model)")
+    parser.add_argument(
+        "--label", default="run_id", help="run column naming each line, in its order (numbers by value): e.g. seed"
+    )
     parser.add_argument(
         "--output",
         default=None,

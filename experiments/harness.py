@@ -19,6 +19,7 @@ import hashlib
 import re
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,9 +32,16 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display on clusters or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
 
 from ssm_lab.config import CONFIG_DIR, compose_config  # noqa: E402
-from ssm_lab.plotting import save_figure  # noqa: E402
+from ssm_lab.plotting import (  # noqa: E402
+    DRAWING_KEY,
+    drawing_files,
+    record_drawn_runs,
+    remove_outdated_drawings,
+    save_figure,
+)
 from ssm_lab.results import gather, read_summary, run_dir  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -114,6 +122,34 @@ def launchers() -> list[str]:
     return sorted(path.stem for path in (CONFIG_DIR / "hydra" / "launcher").glob("*.yaml"))
 
 
+@cache
+def launcher_options(launcher: str) -> tuple[str, ...]:
+    """The options of a launcher (``hydra.launcher.<option>``): the keys of its config, as its plugin receives it."""
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"), warnings.catch_warnings():
+        # the launcher configs set their plugins' values under the plugins' own names, on purpose (ssm_lab.train)
+        warnings.filterwarnings("ignore", message="(?s).*is validated against ConfigStore schema")
+        cfg = compose("config", overrides=launcher_override(launcher), return_hydra_config=True)
+    return tuple(key for key in cfg.hydra.launcher if key != "_target_")
+
+
+def check_launcher_option(override: str, launcher: str) -> None:
+    """``--set hydra.launcher.<option>=...`` for an option ``launcher`` has; else an error naming its options and the
+    launchers that have this one."""
+    option = override.lstrip("+~").partition("=")[0].split(".")[2]
+    options = launcher_options(launcher)
+    if option in options:
+        return
+    choice = LAUNCHER_ALIASES.get(launcher, launcher)
+    having = [name for name in launchers() if option in launcher_options(name)]
+    elsewhere = f"{option} is an option of --launcher {' or '.join(having)}" if having else "no launcher has it"
+    if not options:
+        raise ValueError(f"--set {override}: the basic launcher (one run after another) has no options; {elsewhere}")
+    raise ValueError(
+        f"--set {override}: the {choice} launcher has no option {option!r} (its options: {', '.join(options)}); "
+        f"{elsewhere}"
+    )
+
+
 def cartesian_blocks(runs: Sequence[Run]) -> list[dict[str, list[str]]]:
     """Exact cover of ``runs`` by Cartesian products (what one Hydra multirun launches): blocks that
     agree on every key but one are merged along it, one key at a time. Runs with the same keys and a
@@ -164,14 +200,11 @@ class Session:
         check_choice("scale", self.scale, SCALES)
         for model in self.models or ():  # a misspelt model would draw a variant without it
             check_choice("model", model, sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml")))
-        basic = not launcher_override(self.launcher)  # a bad launcher fails before anything is trained
+        launcher_override(self.launcher)  # a bad launcher fails before anything is trained
         for override in self.extra:
             key = override.lstrip("+~").partition("=")[0]
-            if basic and key.startswith("hydra.launcher."):  # else every run fails in Hydra, one by one
-                raise ValueError(
-                    f"--set {override}: the basic launcher (one run after another) has no options; choose one "
-                    f"that has, e.g. --launcher joblib"
-                )
+            if key.startswith("hydra.launcher."):  # an option the launcher lacks fails every run in Hydra, one by one
+                check_launcher_option(override, self.launcher)
             if key in SESSION_KEYS:  # the runs would land where the figure never looks, or not be the figure's
                 raise ValueError(f"--set {override}: {key} is the session's own, set it with {SESSION_KEYS[key]}")
 
@@ -248,17 +281,15 @@ def collect(figure: ModuleType, session: Session) -> Collected:
         session.launch_runs(figure.EXPERIMENT, retry, figure.__name__.rsplit(".", 1)[-1])
 
 
-#: A drawing's figure and table keys are one word, so that ``<name>_<key>.<suffix>`` never matches the files
-#: of another figure or variant (``a5_min_depth_figure.png`` is no key "min_depth_figure" of a figure "a5").
-DRAWING_KEY = "[A-Za-z0-9]+"
-
-
-def save_drawing(drawing: Drawing, name: str, directory: Path) -> tuple[list[Path], list[Path]]:
-    """<name>_<figure>.{pdf,png}, <name>_<table>.{csv,md} and, when runs are missing, <name>.missing.txt,
-    each figure and table headed by INCOMPLETE when runs are missing (the CSV has it in an ``incomplete``
-    column instead, to stay one table) and then by the drawing's notes. The files of an earlier drawing
-    of ``name`` that this one does not write (all of them when no run has finished) are removed, so that
-    none is left looking like this drawing's result. Returns the files written and those removed."""
+def save_drawing(
+    drawing: Drawing, name: str, directory: Path, run_dirs: Iterable[str] = ()
+) -> tuple[list[Path], list[Path]]:
+    """<name>_<figure>.{pdf,png}, <name>_<table>.{csv,md}, when runs are missing <name>.missing.txt, and when it
+    was drawn from runs (``run_dirs``) <name>.runs.txt naming them; each figure and table headed by INCOMPLETE
+    when runs are missing (the CSV has it in an ``incomplete`` column instead, to stay one table) and then by
+    the drawing's notes. The files of an earlier drawing of ``name`` that this one does not write (all of them
+    when no run has finished) are removed, so that none is left looking like this drawing's result. Returns
+    the files written and those removed."""
     for key in (*drawing.figures, *drawing.tables):
         if not re.fullmatch(DRAWING_KEY, key):
             raise ValueError(f"drawing key {key!r} must be one word of letters and digits, e.g. 'figure'")
@@ -283,8 +314,8 @@ def save_drawing(drawing: Drawing, name: str, directory: Path) -> tuple[list[Pat
         lines = [f"**{line}**" if line == incomplete else line for line in header]
         markdown.write_text("".join(f"{line}\n\n" for line in lines) + markdown_table(table) + "\n")
         written += [csv, markdown]
-    drawn = re.compile(rf"{re.escape(name)}_{DRAWING_KEY}\.(pdf|png|csv|md)")
-    stale = sorted(path for path in directory.iterdir() if drawn.fullmatch(path.name) and path not in written)
+    written += record_drawn_runs(directory, name, run_dirs)
+    stale = [path for path in drawing_files(directory, name) if path not in written]
     for path in stale:
         path.unlink()
     return written, stale
@@ -345,7 +376,8 @@ def figure_models(figure: ModuleType, scale: str) -> list[str]:
 def make_figure(figure: ModuleType, session: Session) -> tuple[list[Path], list[Run]]:
     """Collect (launching what is missing) and draw one figure module; returns the files written
     and the runs still missing. Runs of unavailable models are reported, never silently dropped.
-    A variant (identity --set overrides, a subset of the models) is saved as <figure>--<tag>_* (see variant)."""
+    A variant (identity --set overrides, a subset of the models) is saved as <figure>--<tag>_* (see variant).
+    The figure's other drawings in the folder stay, unless they were drawn from a run no longer recorded."""
     name = figure.__name__.rsplit(".", 1)[-1]
     if session.models is not None:  # --models names models of any figure: say which this one has not
         drawn = figure_models(figure, session.scale)
@@ -368,9 +400,12 @@ def make_figure(figure: ModuleType, session: Session) -> tuple[list[Path], list[
         drawing = figure.draw(collected.runs, curves, session.scale)
         drawing.missing = missing_lines
     tag, drawing.notes = variant(figure, session)
-    written, removed = save_drawing(drawing, name + tag, session.results_dir / "figures" / session.scale)
+    directory = session.results_dir / "figures" / session.scale
+    written, removed = save_drawing(drawing, name + tag, directory, collected.runs.get("run_dir", ()))
     for path in written:
         session.log(f"[figures] wrote {path}")
     for path in removed:
         session.log(f"[figures] removed {path}: not part of this drawing")
+    for path, why in remove_outdated_drawings(directory, name, finished, keep=name + tag):
+        session.log(f"[figures] removed {path}: {why}")
     return written, collected.missing

@@ -304,8 +304,10 @@ def test_a_redraw_without_finished_runs_leaves_no_earlier_figure_or_table(tmp_pa
     record_listops(session)
     written, missing = make_figure(listops, session)
     figures = tmp_path / "results" / "figures" / "smoke"
-    drawn = {"listops_figure.png", "listops_figure.pdf", "listops_table.csv", "listops_table.md"}
+    drawn = {"listops_figure.png", "listops_figure.pdf", "listops_table.csv", "listops_table.md", "listops.runs.txt"}
     assert missing == [] and {p.name for p in written} == {p.name for p in figures.iterdir()} == drawn
+    runs = sorted(p.relative_to(tmp_path / "results") for p in (tmp_path / "results" / "runs" / "listops").iterdir())
+    assert (figures / "listops.runs.txt").read_text().splitlines() == [f"../../{run}" for run in runs]
 
     shutil.rmtree(tmp_path / "results" / "runs")
     written, missing = make_figure(listops, session)
@@ -314,15 +316,54 @@ def test_a_redraw_without_finished_runs_leaves_no_earlier_figure_or_table(tmp_pa
     assert f"[figures] removed {figures / 'listops_figure.png'}: not part of this drawing" in lines
 
 
+def test_a_drawing_removes_the_figures_drawings_whose_runs_are_gone_and_keeps_the_others(tmp_path):
+    """lru's run deleted, the default drawing redrawn: the lru-only variant showed lru's accuracy from a run
+    no longer recorded, unmarked. It goes; the s4-only variant, whose run is still recorded, stays as it was,
+    as do a drawing of another scale and one with no record of its runs."""
+    lines: list[str] = []
+    session = Session("smoke", tmp_path / "results", tmp_path / "data", launch=False, log=lines.append)
+    record_listops(session)
+    for models in (None, ("lru",), ("s4",)):
+        make_figure(listops, replace(session, models=models))
+    figures = tmp_path / "results" / "figures" / "smoke"
+    (figures / "listops--models-l2n_figure.png").write_text("drawn before drawings named their runs")
+    paper = tmp_path / "results" / "figures" / "paper"
+    paper.mkdir()
+    for path in figures.glob("listops--models-lru*"):  # as if drawn at the paper scale
+        shutil.copy(path, paper)
+    s4_variant = {p.name: p.read_bytes() for p in figures.glob("listops--models-s4*")}
+    lru_variant = list(figures.glob("listops--models-lru*"))
+    assert {p.suffix for p in lru_variant} >= {".png", ".pdf", ".csv", ".md"} and len(s4_variant) == len(lru_variant)
+
+    (lru_run,) = (tmp_path / "results" / "runs" / "listops").glob("lru-*")
+    shutil.rmtree(lru_run)
+    written, missing = make_figure(listops, session)
+
+    assert [r.model for r in missing] == ["lru"] and (figures / "listops.missing.txt").exists()
+    assert not list(figures.glob("listops--models-lru*"))
+    assert {p.name: p.read_bytes() for p in figures.glob("listops--models-s4*")} == s4_variant
+    assert (figures / "listops--models-l2n_figure.png").exists()
+    assert {p.name for p in paper.iterdir()} == {p.name for p in lru_variant}
+    why = f"drawn from ../../runs/listops/{lru_run.name}, no longer recorded"
+    assert f"[figures] removed {figures / 'listops--models-lru_figure.png'}: {why}" in lines
+
+    make_figure(listops, replace(session, models=("s4",)))  # a variant's drawing judges the default one too
+    assert {p.name for p in figures.glob("listops*")} >= set(s4_variant) and (figures / "listops_table.csv").exists()
+    shutil.rmtree(tmp_path / "results" / "runs")
+    make_figure(listops, replace(session, models=("l2n",)))
+    assert {p.name for p in figures.iterdir()} == {"listops--models-l2n.missing.txt"}
+
+
 def test_save_drawing_removes_only_its_own_earlier_files(tmp_path):
     """A figure the drawing no longer has (sysid without its predictions) goes; other figures' and variants'
     files stay, a figure named listops_long included."""
-    kept = ["listops--models-lru_figure.png", "listops_long_figure.png", "listops_long_table.csv", "sysid_rmse.pdf"]
-    for name in [*kept, "listops_predictions.png", "listops_predictions.pdf"]:
+    kept = ["listops--models-lru_figure.png", "listops--models-lru.runs.txt", "listops_long_figure.png",
+            "listops_long_table.csv", "sysid_rmse.pdf"]  # fmt: skip
+    for name in [*kept, "listops_predictions.png", "listops_predictions.pdf", "listops.runs.txt"]:
         (tmp_path / name).write_text("earlier")
     figure, _ = plt.subplots()
     written, removed = save_drawing(Drawing(figures={"figure": figure}), "listops", tmp_path)
-    assert [p.name for p in removed] == ["listops_predictions.pdf", "listops_predictions.png"]
+    assert [p.name for p in removed] == ["listops.runs.txt", "listops_predictions.pdf", "listops_predictions.png"]
     assert {p.name for p in tmp_path.iterdir()} == {*kept, "listops_figure.png", "listops_figure.pdf"}
     with pytest.raises(ValueError, match="drawing key 'long_figure' must be one word of letters and digits"):
         save_drawing(Drawing(figures={"long_figure": figure}), "listops", tmp_path)
@@ -340,7 +381,7 @@ def test_variants_are_saved_beside_the_default_drawing_never_over_it(tmp_path):
 
     written, missing = make_figure(listops, replace(session, models=("lru", "s4")))
     name = "listops--models-lru-s4"
-    files = {f"{name}_figure.png", f"{name}_figure.pdf", f"{name}_table.csv", f"{name}_table.md"}
+    files = {f"{name}_figure.png", f"{name}_figure.pdf", f"{name}_table.csv", f"{name}_table.md", f"{name}.runs.txt"}
     assert missing == [] and {p.name for p in written} == files
     markdown = (figures / f"{name}_table.md").read_text()
     assert markdown.startswith("models lru, s4 only (of l2n, lru, s4, transformer)\n\n| model |")
@@ -463,7 +504,7 @@ def test_make_figures_smoke_end_to_end_then_redraws_without_training(tmp_path, m
     figures, name = results / "figures" / "smoke", "a5_min_depth--models-lru-rnn"
     assert {p.name for p in figures.iterdir()} == {f"{name}_figure.{s}" for s in ("png", "pdf")} | {
         f"{name}_table.{s}" for s in ("csv", "md")
-    }
+    } | {f"{name}.runs.txt"}
     table = pd.read_csv(figures / f"{name}_table.csv", dtype=str)
     assert sorted(table["model"]) == ["lru", "rnn"]
     assert set(table["L=3"]) <= {"1", "> 1"}
@@ -507,7 +548,7 @@ def test_every_other_figure_runs_end_to_end_at_smoke(figure, model, tmp_path, mo
 
     assert main(arguments) == 0
     assert capfd.readouterr().out.count("[ssm_lab] completed:") == len(expected) > 0
-    files = {p.name for p in (results / "figures" / "smoke").iterdir()}
+    files = {p.name for p in (results / "figures" / "smoke").iterdir()} - {f"{figure}--models-{model}.runs.txt"}
     assert files and all(name.startswith(f"{figure}--models-{model}_") for name in files)
     stems = {name.rsplit(".", 1)[0] for name in files}
     pictures = {stem for stem in stems if f"{stem}.png" in files}
