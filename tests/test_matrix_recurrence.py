@@ -128,7 +128,7 @@ needs_triton = pytest.mark.skipif(matrix_scan.gpu_loops is None, reason="Triton 
 @pytest.mark.parametrize("length", [1, 7, 300])
 @pytest.mark.parametrize("n", [5, 64, 128])
 def test_gpu_scan_runs_the_triton_loop_and_matches_the_float64_loop(n, length, with_h0):
-    """"scan" on CUDA float32 is the sequential path with the Triton time loop; outputs and the gradients of M, v
+    """ "scan" on CUDA float32 is the sequential path with the Triton time loop; outputs and the gradients of M, v
     and h0 against the loop reference in float64 on the CPU, normwise (N = 5 pads the kernel's tile)."""
     M, v, h0, weights, leaves = problem(length, torch.float64, with_h0, n=n)
     reference = matrix_recurrence_ref(M, v, h0)

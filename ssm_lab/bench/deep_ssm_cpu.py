@@ -99,8 +99,16 @@ def main() -> None:
     records = []
     for param, gamma, ours_ff, theirs_ff in SETTINGS:
         for mode in args.modes:
-            row = {"benchmark": "deep_ssm_cpu", "param": param, "gamma": gamma, "mode": mode, "length": args.length,
-                   "batch": args.batch, **sizes, "torch_threads": args.threads}
+            row = {
+                "benchmark": "deep_ssm_cpu",
+                "param": param,
+                "gamma": gamma,
+                "mode": mode,
+                "length": args.length,
+                "batch": args.batch,
+                **sizes,
+                "torch_threads": args.threads,
+            }
             steps = {}
             for library in libraries:
                 ff = ours_ff if library == "ssm_lab" else theirs_ff

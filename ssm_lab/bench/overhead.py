@@ -102,8 +102,6 @@ def bare_step_time(cfg, steps: int, warmup: int) -> float:
     return sum(times) / len(times)
 
 
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=positive_int, default=60)

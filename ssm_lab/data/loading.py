@@ -118,8 +118,13 @@ class SplitDataModule(L.LightningDataModule):
         trainer = self.trainer
         rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         return train_loader(
-            self.datasets["train"], self.batch_size, self.steps_per_epoch, self.shuffle_seed, self.epoch_index,
-            rank, world_size,
+            self.datasets["train"],
+            self.batch_size,
+            self.steps_per_epoch,
+            self.shuffle_seed,
+            self.epoch_index,
+            rank,
+            world_size,
         )
 
     def epoch_index(self) -> int:

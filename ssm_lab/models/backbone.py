@@ -170,4 +170,3 @@ class Backbone(nn.Module):
         self, inputs: Tensor, lengths: Tensor | None = None, integration_timesteps: Tensor | None = None
     ) -> Tensor:
         return self.decoder(self.features(inputs, lengths, integration_timesteps))
-

@@ -224,11 +224,11 @@ class DeepSSM(nn.Module):
         return y, states
 
 
-
 def _product(factors: list[Tensor]) -> Tensor:
     """The product of scalar bounds by multiplications: ``Tensor.prod``'s backward looks for zero factors on the
     host (a GPU synchronisation in every training step)."""
     return functools.reduce(operator.mul, factors)
+
 
 class TaskDeepSSM(nn.Module):
     """The training contract around a DeepSSM: inputs (B, L) token ids (embedded first) or
