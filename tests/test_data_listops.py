@@ -335,12 +335,17 @@ def test_listops_trains_end_to_end(train):
     assert 0.0 <= summary["final"]["test/accuracy"] <= 1.0
 
 
-def test_reads_a_saved_hugging_face_copy(tmp_path):
+def hugging_face_copy(data_dir, targets: list[int]) -> ListOpsDataModule:
+    """A ListOps module over a saved Hugging Face copy whose three splits hold two expressions with ``targets``."""
     datasets = pytest.importorskip("datasets")
-    rows = {"Source": ["( [MIN 4 ( [MAX 1 7 ] ) ]", "( [SM 9 9 ] )"], "Target": [4, 8]}
+    rows = {"Source": ["( [MIN 4 ( [MAX 1 7 ] ) ]", "( [SM 9 9 ] )"], "Target": targets}
     splits = {name: datasets.Dataset.from_dict(rows) for name in ("train", "validation", "test")}
-    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "listops" / "huggingface"))
-    module = ListOpsDataModule(batch_size=2, steps_per_epoch=1, data_dir=tmp_path)
+    datasets.DatasetDict(splits).save_to_disk(str(data_dir / "listops" / "huggingface"))
+    return ListOpsDataModule(batch_size=2, steps_per_epoch=1, data_dir=data_dir)
+
+
+def test_reads_a_saved_hugging_face_copy(tmp_path):
+    module = hugging_face_copy(tmp_path, [4, 8])
     module.setup()
     assert module.source == "huggingface"
     item = module.datasets["test"][0]
@@ -349,10 +354,6 @@ def test_reads_a_saved_hugging_face_copy(tmp_path):
 
 
 def test_a_wrong_label_in_a_saved_hugging_face_copy_names_its_row(tmp_path):
-    datasets = pytest.importorskip("datasets")
-    rows = {"Source": ["( [MIN 4 ( [MAX 1 7 ] ) ]", "( [SM 9 9 ] )"], "Target": [4, 9]}
-    splits = {name: datasets.Dataset.from_dict(rows) for name in ("train", "validation", "test")}
-    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "listops" / "huggingface"))
-    module = ListOpsDataModule(batch_size=2, steps_per_epoch=1, data_dir=tmp_path)
+    module = hugging_face_copy(tmp_path, [4, 9])
     with pytest.raises(ValueError, match=r"huggingface \(train\) row 1: the expression's value is 8 but its label"):
         module.setup()
