@@ -34,14 +34,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
+from experiments.drawings import DRAWING_KEY, drawing_files, record_drawn_runs, remove_outdated_drawings  # noqa: E402
 from ssm_lab.config import CONFIG_DIR, compose_config  # noqa: E402
-from ssm_lab.plotting import (  # noqa: E402
-    DRAWING_KEY,
-    drawing_files,
-    record_drawn_runs,
-    remove_outdated_drawings,
-    save_figure,
-)
+from ssm_lab.plotting import save_figure  # noqa: E402
 from ssm_lab.results import gather, read_summary, run_dir  # noqa: E402
 
 REPOSITORY = Path(__file__).resolve().parents[1]
