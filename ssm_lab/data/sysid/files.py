@@ -55,13 +55,10 @@ def _one_value(path: Path, name: str, values: np.ndarray) -> float:
     return float(values[0])
 
 
-def _sampling_time(path: Path, name: str, values: np.ndarray) -> float:
-    """The sampling time in s a variable holds; it must be positive and finite."""
-    sampling_time = _one_value(path, name, values)
+def _sampling_time(path: Path, sampling_time: float, where: str) -> float:
+    """``sampling_time`` (s), read from ``path`` as ``where`` says, after checking it is positive and finite."""
     if not (math.isfinite(sampling_time) and sampling_time > 0):
-        raise ValueError(
-            f"{path}: variable {name!r} is {sampling_time}; a sampling time must be a positive finite number of s"
-        )
+        raise ValueError(f"{path}: {where}; a sampling time must be a positive finite number of s")
     return sampling_time
 
 
@@ -118,7 +115,8 @@ def cascaded_tanks_files(directory: Path) -> dict[str, Record]:
     v = read_mat(path, ("uEst", "uVal", "yEst", "yVal", "Ts"))
     _same_length(path, uEst=v["uEst"], yEst=v["yEst"])
     _same_length(path, uVal=v["uVal"], yVal=v["yVal"])
-    ts = _sampling_time(path, "Ts", v["Ts"])
+    ts = _one_value(path, "Ts", v["Ts"])
+    ts = _sampling_time(path, ts, f"variable 'Ts' is {ts}")
     return {
         "train": Record(column(v["uEst"]), column(v["yEst"]), ts, f"{path} (Est)"),
         "test": Record(column(v["uVal"]), column(v["yVal"]), ts, f"{path} (Val)"),
@@ -133,11 +131,7 @@ def emps_files(directory: Path) -> dict[str, Record]:
         v = read_mat(path, ("qm", "vir", "t"), min_samples=2)  # the sampling time is t[1] - t[0]
         _same_length(path, qm=v["qm"], vir=v["vir"], t=v["t"])
         step = float(v["t"][1] - v["t"][0])
-        if not (math.isfinite(step) and step > 0):
-            raise ValueError(
-                f"{path}: variable 't' steps by t[1] - t[0] = {step}; a sampling time must be a positive finite "
-                f"number of s (t: the sample times, increasing)"
-            )
+        step = _sampling_time(path, step, f"variable 't' steps by t[1] - t[0] = {step}")
         records[split] = Record(column(v["vir"]), column(v["qm"] * METRES_TO_MM), step, str(path))
     return records
 
