@@ -3,7 +3,8 @@
 classification (per token or per sequence): cross-entropy, accuracy;
 regression (per step or per sequence): MSE loss, RMSE. Padded positions (``lengths``) and the
 ``eval_warmup`` leading steps of per-step tasks are left out of loss and metrics. Batches with
-``integration_timesteps`` (irregular sampling) pass them to the model.
+``integration_timesteps`` (irregular sampling) pass them to the model. With ``cuda_graphs`` the training
+forward + backward of the model are replayed from CUDA graphs (``ssm_lab.cuda_graphs``).
 
 A model built with ``readout="least_squares"`` (random features, e.g. ``model=lcde_random_ols``)
 is not trained by gradient: each training batch adds its features and targets (one-hot for
@@ -20,6 +21,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
+from ssm_lab.cuda_graphs import GraphedTraining
 from ssm_lab.data.spec import TaskSpec
 from ssm_lab.metrics import build_metrics
 from ssm_lab.optim import build_optimizer
@@ -63,6 +65,7 @@ class SequenceTask(L.LightningModule):
         optimizer: Callable,
         scheduler: Callable | None = None,
         recurrence_lr: float | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         super().__init__()
         self.model, self.spec = model, spec
@@ -71,6 +74,10 @@ class SequenceTask(L.LightningModule):
         self.least_squares = None
         if getattr(model, "readout", "trained") == "least_squares":
             self.least_squares = LeastSquaresReadout(model.decoder.in_features, spec.d_output, model.ridge)
+        if cuda_graphs and self.least_squares is not None:
+            raise ValueError("trainer.cuda_graphs=true replays a gradient step; a least-squares readout takes none")
+        # a plain attribute, not a submodule: the checkpoint's keys stay the model's own
+        self.graphed = GraphedTraining(model) if cuda_graphs else None
 
     def _valid_positions(self, batch: dict[str, Tensor], length: int) -> Tensor | None:
         """(B, L) bool of the positions that count, or None when all do."""
@@ -100,7 +107,8 @@ class SequenceTask(L.LightningModule):
         return outputs, targets
 
     def _predictions(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        return self._counted(batch, self.model(batch["inputs"], **self._model_inputs(batch)))
+        network = self.model if self.graphed is None else self.graphed
+        return self._counted(batch, network(batch["inputs"], **self._model_inputs(batch)))
 
     def _shared_step(self, batch: dict[str, Tensor], split: str) -> Tensor:
         outputs, targets = self._predictions(batch)

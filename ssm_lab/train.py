@@ -35,6 +35,7 @@ from typing import Any, NoReturn
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -220,6 +221,26 @@ def _sweep_launcher() -> str | None:
     return None
 
 
+def _check_cuda_graphs(trainer: L.Trainer) -> None:
+    """trainer.cuda_graphs=true (``ssm_lab.cuda_graphs``) needs one CUDA process and one batch per optimiser step."""
+    if trainer.world_size != 1:
+        raise ValueError(
+            f"trainer.cuda_graphs=true trains in one process, and this run has {trainer.world_size} (DDP): "
+            "use trainer=gpu, or trainer.cuda_graphs=false"
+        )
+    if trainer.accumulate_grad_batches != 1:
+        raise ValueError(
+            f"trainer.cuda_graphs=true needs trainer.accumulate_grad_batches=1, got "
+            f"{trainer.accumulate_grad_batches}: a replayed backward writes its gradients into the buffers that an "
+            "accumulated .grad may already be"
+        )
+    if not isinstance(trainer.accelerator, CUDAAccelerator):
+        raise ValueError(
+            f"trainer.cuda_graphs=true needs a CUDA GPU (trainer=gpu), got trainer.accelerator's "
+            f"{type(trainer.accelerator).__name__}"
+        )
+
+
 def _check_processes(trainer: L.Trainer, trainer_cfg: dict[str, Any]) -> None:
     """A run of N processes (DDP) needs them started: by its launcher, beside this one (srun's or submitit_local's
     tasks, torchrun's workers), N of them; or by Lightning, which re-runs this process's command line, so only where
@@ -365,12 +386,15 @@ def _build(
     datamodule = instantiate(cfg.data)
     spec = datamodule.spec
     model = instantiate(cfg.model)(spec=spec)
+    trainer_cfg = OmegaConf.to_container(cfg.trainer)
+    cuda_graphs = trainer_cfg.pop("cuda_graphs", False)  # ssm_lab's, not a lightning.Trainer argument
     task = SequenceTask(
         model,
         spec,
         optimizer=instantiate(cfg.optim.optimizer),
         scheduler=instantiate(cfg.optim.scheduler) if cfg.optim.get("scheduler") else None,
         recurrence_lr=cfg.optim.get("recurrence_lr"),
+        cuda_graphs=cuda_graphs,
     )
     logger = instantiate(cfg.logger, save_dir=str(path)) if cfg.get("logger") else False
     recorder = MetricsRecorder(path, resume_step)
@@ -378,7 +402,6 @@ def _build(
         dirpath=path / "checkpoints", filename="last", save_top_k=1, every_n_epochs=1, enable_version_counter=False,
         save_on_train_epoch_end=True,
     )  # fmt: skip
-    trainer_cfg = OmegaConf.to_container(cfg.trainer)
     trainer_cfg["enable_progress_bar"] = _progress_bar(trainer_cfg.get("enable_progress_bar"))
     if plugins := _cluster_plugins():
         trainer_cfg["plugins"] = plugins
@@ -386,6 +409,8 @@ def _build(
         trainer_cfg, default_root_dir=str(path), logger=logger, callbacks=[checkpointing, recorder, *callbacks]
     )
     _check_processes(trainer, trainer_cfg)
+    if cuda_graphs:
+        _check_cuda_graphs(trainer)
     task.configure_optimizers()  # built again by fit; a bad optimizer or scheduler value fails here, before any record
     return datamodule, task, logger, recorder, trainer
 

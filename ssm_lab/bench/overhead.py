@@ -35,7 +35,7 @@ class StepTimer(L.Callback):
         self.last = now
 
 
-def build(cfg):
+def build(cfg, cuda_graphs: bool = False):
     L.seed_everything(cfg.seed, verbose=False)
     datamodule = instantiate(cfg.data)
     if datamodule.spec.output_kind != "token_class":  # what bare_step_time's loss computes
@@ -51,12 +51,13 @@ def build(cfg):
         optimizer=instantiate(cfg.optim.optimizer),
         scheduler=instantiate(cfg.optim.scheduler),
         recurrence_lr=cfg.optim.recurrence_lr,
+        cuda_graphs=cuda_graphs,
     )
     return datamodule, task
 
 
-def lightning_step_time(cfg, steps: int, warmup: int) -> float:
-    datamodule, task = build(cfg)
+def lightning_step_time(cfg, steps: int, warmup: int, cuda_graphs: bool = False) -> float:
+    datamodule, task = build(cfg, cuda_graphs)
     timer = StepTimer(warmup)
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,

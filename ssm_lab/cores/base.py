@@ -3,6 +3,9 @@ batches, and the residual skip folded into a readout."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -23,10 +26,32 @@ def check_mode(mode: str, modes: tuple[str, ...], core: str) -> None:
         raise ValueError(f"{core} has no mode {mode!r}; choose one of {', '.join(modes)}")
 
 
+_deferred = threading.local()
+
+
+@contextmanager
+def host_checks_deferred() -> Iterator[None]:
+    """Within this context the cores skip the checks that read values back to the host (the bounds of
+    ``lengths``, positive ``integration_timesteps``): a CUDA graph being captured cannot read values, and whoever
+    replays the graph makes those checks on every batch instead (``ssm_lab.cuda_graphs.GraphedTraining``)."""
+    previous = getattr(_deferred, "active", False)
+    _deferred.active = True
+    try:
+        yield
+    finally:
+        _deferred.active = previous
+
+
+def host_checks_allowed() -> bool:
+    """False inside ``host_checks_deferred``."""
+    return not getattr(_deferred, "active", False)
+
+
 def check_lengths(lengths: Tensor, batch: int, length: int) -> Tensor:
     """``lengths`` on its own device after checking that it is (B,) = (batch,) with values in 1..length (one read
-    back to the host, a GPU synchronisation, for both bounds)."""
-    if lengths.shape != (batch,) or bool(((lengths < 1) | (lengths > length)).any()):
+    back to the host, a GPU synchronisation, for both bounds; the values are not read inside
+    ``host_checks_deferred``)."""
+    if lengths.shape != (batch,) or (host_checks_allowed() and bool(((lengths < 1) | (lengths > length)).any())):
         raise ValueError(f"lengths must be (B,) = ({batch},) with values in 1..{length}, got {lengths.tolist()}")
     return lengths
 

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ssm_lab.cores.base import host_checks_allowed
+
 State = Any  # a tensor or a tuple of tensors, each (B, ...)
 
 
@@ -40,10 +42,11 @@ def step_through(
 
 
 def check_timesteps(timesteps: Tensor | None, x: Tensor) -> None:
-    """integration_timesteps must be (B, L) and positive, matching x: (B, L, H)."""
+    """integration_timesteps must be (B, L) and positive, matching x: (B, L, H) (positivity is not read back to the
+    host inside ``host_checks_deferred``)."""
     if timesteps is None:
         return
     if timesteps.shape != x.shape[:2]:
         raise ValueError(f"integration_timesteps must be (B, L) = {tuple(x.shape[:2])}, got {tuple(timesteps.shape)}")
-    if bool((timesteps <= 0).any()):
+    if host_checks_allowed() and bool((timesteps <= 0).any()):
         raise ValueError("integration_timesteps must be positive")
