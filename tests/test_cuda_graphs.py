@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 
+import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -139,11 +140,21 @@ def test_batch_shapes_past_max_graphs_are_an_error():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
-def test_a_gpu_run_trains_from_cuda_graphs(train, precision):
-    summary = train("trainer=gpu", "trainer.cuda_graphs=true", f"trainer.precision={precision}", "model=lru")
-    assert summary["status"] == "completed"
+@pytest.mark.parametrize(
+    ("data", "precision"),
+    [("A5", "32-true"), ("A5", "bf16-mixed"), ("listops", "32-true")],  # listops: padded batches with lengths
+)
+def test_a_gpu_run_trains_from_cuda_graphs(train, data, precision):
+    class GraphCount(L.Callback):
+        def on_train_end(self, trainer, pl_module) -> None:
+            self.count = pl_module.graphed.graph_count
+
+    graphs = GraphCount()
+    overrides = ("trainer=gpu", "trainer.cuda_graphs=true", f"trainer.precision={precision}", "model=lru")
+    summary = train(*overrides, f"data={data}", callbacks=[graphs])
+    assert summary["status"] == "completed", summary.get("reason")
     assert math.isfinite(summary["final"]["val/loss"])
+    assert graphs.count >= 1  # the steps were replayed (a smaller last batch adds a graph)
 
 
 def test_evaluation_runs_the_network_itself_and_training_needs_cuda_tensors(make_config):
