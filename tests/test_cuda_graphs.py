@@ -28,9 +28,9 @@ CUDNN = ("rnn", "lstm", "gru")  # padded batches: cuDNN reads the lengths on the
 READS_BACK = [("l2ru", False), ("lcde", False), *((name, True) for name in CUDNN)]
 
 
-def _network(make_config, name: str, device: str) -> nn.Module:
+def _network(make_config, name: str, device: str, *overrides: str) -> nn.Module:
     torch.manual_seed(0)
-    network = instantiate(make_config(f"model={name}").model)(spec=SPEC).to(device)
+    network = instantiate(make_config(f"model={name}", *overrides).model)(spec=SPEC).to(device)
     for module in network.modules():  # the two runs below draw different dropout masks
         if isinstance(module, nn.Dropout):
             module.p = 0.0
@@ -58,12 +58,13 @@ def _step(call, parameters: list[nn.Parameter], optimizer, batch: dict) -> tuple
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", CAPTURABLE)
-def test_replayed_training_steps_equal_eager_ones(make_config, name):
+@pytest.mark.parametrize("case", [*CAPTURABLE, "tv model.checkpoint=true"])  # recomputed in the replayed backward
+def test_replayed_training_steps_equal_eager_ones(make_config, case):
     """Each step: new inputs and lengths copied into the graph, the parameters an optimiser step changed in place,
     a smaller batch captured as a second graph; losses, every gradient and the parameters after the steps equal
     the eager run's."""
-    eager = _network(make_config, name, "cuda")
+    name, *overrides = case.split()
+    eager = _network(make_config, name, "cuda", *overrides)
     graphed = copy.deepcopy(eager)
     runner = GraphedTraining(graphed)
     eager_parameters, graphed_parameters = list(eager.parameters()), list(graphed.parameters())

@@ -3,7 +3,6 @@ batches, and the residual skip folded into a readout."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,7 +25,9 @@ def check_mode(mode: str, modes: tuple[str, ...], core: str) -> None:
         raise ValueError(f"{core} has no mode {mode!r}; choose one of {', '.join(modes)}")
 
 
-_deferred = threading.local()
+# process-wide, not per thread: the autograd engine runs a CUDA backward, and activation checkpointing's
+# recomputation with it, on threads of its own
+_deferred_depth = 0
 
 
 @contextmanager
@@ -34,17 +35,17 @@ def host_checks_deferred() -> Iterator[None]:
     """Within this context the cores skip the checks that read values back to the host (the bounds of
     ``lengths``, positive ``integration_timesteps``): a CUDA graph being captured cannot read values, and whoever
     replays the graph makes those checks on every batch instead (``ssm_lab.cuda_graphs.GraphedTraining``)."""
-    previous = getattr(_deferred, "active", False)
-    _deferred.active = True
+    global _deferred_depth
+    _deferred_depth += 1
     try:
         yield
     finally:
-        _deferred.active = previous
+        _deferred_depth -= 1
 
 
 def host_checks_allowed() -> bool:
     """False inside ``host_checks_deferred``."""
-    return not getattr(_deferred, "active", False)
+    return _deferred_depth == 0
 
 
 def check_lengths(lengths: Tensor, batch: int, length: int) -> Tensor:
