@@ -223,3 +223,32 @@ def test_lightning_srun_hint_is_kept_only_inside_a_slurm_job(train, tmp_path, mo
             warnings.simplefilter("always")
             train(f"seed={seed}")
         assert any("`srun` command is available" in str(warning.message) for warning in caught) == (job is not None)
+
+
+def test_train_metrics_are_each_epochs_over_all_its_batches(make_config, train):
+    """Each training epoch's accuracy (train/accuracy at each evaluation, the partial last epoch included) equals
+    the accuracy over all of that epoch's batches, counted here by a callback that runs the model before each
+    step (the default l2n has no dropout: the same predictions as the step's)."""
+    import torch
+
+    class Counted(L.Callback):
+        def __init__(self) -> None:
+            self.correct, self.total, self.epochs = 0, 0, []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            with torch.no_grad():
+                predictions = pl_module.model(batch["inputs"]).argmax(-1)
+            self.correct += int((predictions == batch["targets"]).sum())
+            self.total += batch["targets"].numel()
+
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            self.epochs.append((trainer.global_step, self.correct / self.total))
+            self.correct, self.total = 0, 0
+
+    counted = Counted()
+    overrides = ("trainer.max_steps=50",)  # epochs of scale.eval_every=20 steps: 20, 40, then 10
+    assert train(*overrides, callbacks=[counted])["status"] == "completed"
+    metrics = pd.read_csv(run_dir(make_config(*overrides)) / "metrics.csv")
+    recorded = metrics.query("split == 'train' and metric == 'accuracy'").sort_values("step")
+    assert [step for step, _ in counted.epochs] == recorded["step"].tolist() == [20, 40, 50]
+    assert recorded["value"].tolist() == pytest.approx([accuracy for _, accuracy in counted.epochs], abs=1e-6)
