@@ -228,12 +228,13 @@ def test_lightning_srun_hint_is_kept_only_inside_a_slurm_job(train, tmp_path, mo
 def test_train_metrics_are_each_epochs_over_all_its_batches(make_config, train):
     """Each training epoch's accuracy (train/accuracy at each evaluation, the partial last epoch included) equals
     the accuracy over all of that epoch's batches, counted here by a callback that runs the model before each
-    step (the default l2n has no dropout: the same predictions as the step's)."""
+    step (the default l2n has no dropout: the same predictions as the step's), and its train/loss is the loss of
+    its last step, also where that step is not one the loggers write (every 10)."""
     import torch
 
     class Counted(L.Callback):
         def __init__(self) -> None:
-            self.correct, self.total, self.epochs = 0, 0, []
+            self.correct, self.total, self.loss, self.epochs = 0, 0, None, []
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             with torch.no_grad():
@@ -241,14 +242,19 @@ def test_train_metrics_are_each_epochs_over_all_its_batches(make_config, train):
             self.correct += int((predictions == batch["targets"]).sum())
             self.total += batch["targets"].numel()
 
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            self.loss = float(outputs["loss"])
+
         def on_train_epoch_end(self, trainer, pl_module) -> None:
-            self.epochs.append((trainer.global_step, self.correct / self.total))
+            self.epochs.append((trainer.global_step, self.correct / self.total, self.loss))
             self.correct, self.total = 0, 0
 
     counted = Counted()
-    overrides = ("trainer.max_steps=50",)  # epochs of scale.eval_every=20 steps: 20, 40, then 10
+    overrides = ("scale.eval_every=15", "trainer.max_steps=40")  # epochs of 15 steps: 15, 30, then 10
     assert train(*overrides, callbacks=[counted])["status"] == "completed"
-    metrics = pd.read_csv(run_dir(make_config(*overrides)) / "metrics.csv")
-    recorded = metrics.query("split == 'train' and metric == 'accuracy'").sort_values("step")
-    assert [step for step, _ in counted.epochs] == recorded["step"].tolist() == [20, 40, 50]
-    assert recorded["value"].tolist() == pytest.approx([accuracy for _, accuracy in counted.epochs], abs=1e-6)
+    metrics = pd.read_csv(run_dir(make_config(*overrides)) / "metrics.csv").query("split == 'train'")
+    accuracy = metrics.query("metric == 'accuracy'").sort_values("step")
+    loss = metrics.query("metric == 'loss'").sort_values("step")
+    assert [step for step, *_ in counted.epochs] == accuracy["step"].tolist() == loss["step"].tolist() == [15, 30, 40]
+    assert accuracy["value"].tolist() == pytest.approx([value for _, value, _ in counted.epochs], abs=1e-6)
+    assert loss["value"].tolist() == pytest.approx([value for *_, value in counted.epochs], rel=1e-6)
