@@ -10,7 +10,8 @@ replays and every replay sees the new values. Loss, metrics and the optimiser st
 
 ``GraphedTraining`` keeps one captured pair per input signature (names, shapes, dtypes of the batch tensors and
 the autocast setting), so a smaller last batch gets its own graph, up to ``max_graphs``; past that it raises
-rather than capturing without end (per-batch padded lengths give a new shape nearly every batch). Evaluation
+rather than capturing without end (per-batch padded lengths give a new shape nearly every batch). Each pair keeps
+its own memory for the activations its backward reads (a pool of its own, held between steps). Evaluation
 (``eval()`` or autograd off) runs the network eagerly. A graph cannot read values back to the host, so the
 cores skip their host-side checks of ``lengths`` and ``integration_timesteps`` while a graph is captured
 (``ssm_lab.cores.base.host_checks_deferred``) and this runner makes the same checks on every batch before its
