@@ -15,6 +15,7 @@ every training batch seen so far.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 
 import lightning as L
@@ -78,6 +79,7 @@ class SequenceTask(L.LightningModule):
             raise ValueError("trainer.cuda_graphs=true replays a gradient step; a least-squares readout takes none")
         # a plain attribute, not a submodule: the checkpoint's keys stay the model's own
         self.graphed = GraphedTraining(model) if cuda_graphs else None
+        self._unchecked_losses: deque[tuple[int, Tensor, torch.cuda.Event]] = deque()  # _check_finite
 
     def _valid_positions(self, batch: dict[str, Tensor], length: int) -> Tensor | None:
         """(B, L) bool of the positions that count, or None when all do."""
@@ -170,9 +172,32 @@ class SequenceTask(L.LightningModule):
             self._shared_step(batch, "train", log_metrics)
             return None  # nothing to back-propagate: the readout was solved, not stepped
         loss = self._shared_step(batch, "train", log_metrics)
-        if not math.isfinite(loss.item()):
-            raise NonFiniteLossError(f"training loss is {loss.item()} at step {self.global_step}")
+        self._check_finite(loss, wait=log_metrics)
         return loss
+
+    def _check_finite(self, loss: Tensor, wait: bool) -> None:
+        """Raise NonFiniteLossError for a NaN or infinite training loss: on CPU at once; on CUDA without making the
+        host wait for the GPU. There the loss is copied to pinned host memory as the step computes it and read once
+        the copy has landed: at a later step, or at the epoch's last step (``wait``), which waits for every copy, so
+        no evaluation or checkpoint follows an unchecked loss. Reading it at once (``.item()``) held the host at
+        every step until the GPU had finished it, so the next step's launches could not overlap its work: the one
+        synchronisation left in a training step from CUDA graphs."""
+        if not loss.is_cuda:
+            self._raise_if_non_finite(loss.item(), self.global_step)
+            return
+        copy = loss.detach().to("cpu", non_blocking=True)
+        landed = torch.cuda.Event()
+        landed.record()
+        self._unchecked_losses.append((self.global_step, copy, landed))
+        while self._unchecked_losses and (wait or self._unchecked_losses[0][2].query()):
+            step, copy, landed = self._unchecked_losses.popleft()
+            landed.synchronize()
+            self._raise_if_non_finite(copy.item(), step)
+
+    @staticmethod
+    def _raise_if_non_finite(loss: float, step: int) -> None:
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(f"training loss is {loss} at step {step}")
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._shared_step(batch, "val")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 
 import lightning as L
 import pytest
@@ -18,6 +19,7 @@ from ssm_lab.cores.base import check_lengths, host_checks_deferred
 from ssm_lab.cores.stepping import check_timesteps
 from ssm_lab.cuda_graphs import GraphCaptureError, GraphedTraining
 from ssm_lab.data.spec import TaskSpec
+from ssm_lab.results import run_dir
 
 SPEC = TaskSpec(name="graphs", input_kind="tokens", output_kind="token_class", d_output=5, vocab_size=7)
 # every model whose training step never waits for the GPU once set up (the first call of a cuDNN recurrence
@@ -190,3 +192,38 @@ def test_deferred_host_checks_are_skipped_only_inside_their_context():
         check_lengths(too_long, 2, 5)
     with pytest.raises(ValueError, match="integration_timesteps must be positive"):
         check_timesteps(-torch.ones(2, 5), torch.zeros(2, 5, 1))
+
+
+@pytest.mark.gpu
+def test_a_replayed_training_step_never_waits_for_the_gpu(train):
+    """Between two steps' batches nothing reads back from the GPU (sync debug mode "error"), except on the steps
+    whose loss the loggers write (every 10th) and at epoch ends (every 20th), where the run reads values. The
+    non-finite loss check reads each loss only once its copy has landed (test_configs checks what it reports)."""
+
+    class NoSyncs(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            step = trainer.global_step
+            if step > 0 and (step + 1) % 10:  # step 0 captures the graphs (which may set things up)
+                torch.cuda.set_sync_debug_mode("error")
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            torch.cuda.set_sync_debug_mode("default")
+
+    try:
+        summary = train("trainer=gpu", "trainer.cuda_graphs=true", "model=lru", callbacks=[NoSyncs()])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert summary["status"] == "completed", summary.get("reason")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_a_non_finite_loss_on_the_gpu_fails_the_run_before_any_evaluation(make_config, train, cuda_graphs):
+    overrides = ("optim.optimizer.lr=1e30", "optim.recurrence_lr=1e30", "trainer.gradient_clip_val=null")
+    summary = train("trainer=gpu", f"trainer.cuda_graphs={str(cuda_graphs).lower()}", *overrides)
+    assert summary["status"] == "failed"
+    assert re.search(r"training loss is (nan|inf|-inf) at step \d+$", summary["reason"]), summary["reason"]
+    step = int(summary["reason"].rsplit(" ", 1)[1])
+    assert 0 < step < 20  # found within the first epoch (the first loss, before any step, is finite)
+    metrics = run_dir(make_config("trainer=gpu", f"trainer.cuda_graphs={str(cuda_graphs).lower()}", *overrides))
+    assert not (metrics / "metrics.csv").exists() or "val" not in (metrics / "metrics.csv").read_text()
