@@ -181,8 +181,10 @@ class SequenceTask(L.LightningModule):
         the copy has landed: at a later step, or at the epoch's last step (``wait``), which waits for every copy, so
         no evaluation or checkpoint follows an unchecked loss. Reading it at once (``.item()``) held the host at
         every step until the GPU had finished it, so the next step's launches could not overlap its work: the one
-        synchronisation left in a training step from CUDA graphs."""
-        if not loss.is_cuda:
+        synchronisation left in a training step from CUDA graphs. With several processes (DDP) each reads its loss at
+        once, as before: ranks whose copies land at different steps would stop at different steps, and a rank that
+        stops first leaves the others waiting in their next collective."""
+        if not loss.is_cuda or self.trainer.world_size > 1:
             self._raise_if_non_finite(loss.item(), self.global_step)
             return
         copy = loss.detach().to("cpu", non_blocking=True)
