@@ -136,12 +136,12 @@ class GraphedTraining:
         wait: its one-time set-up, caches and compiled kernels, is not part of a step). A capture that fails
         part-way leaves torch's CUDA random generator in its capturing state (every later random draw of the
         process fails: a sweep's next runs too), so what would fail the capture must be found before it."""
+        parameters = [p for p in call.parameters() if p.requires_grad]
         previous = torch.cuda.get_sync_debug_mode()
         try:
             for mode in (previous, "error"):
                 torch.cuda.set_sync_debug_mode(mode)
                 outputs = call(*sample)
-                parameters = [p for p in call.parameters() if p.requires_grad]
                 torch.autograd.grad(outputs, parameters, torch.ones_like(outputs), allow_unused=True)
         except RuntimeError as error:
             raise self._capture_error(error) from error
